@@ -1,0 +1,44 @@
+"""`nestar` command line. Each sub-command lives in its own module with `add_parser` and `run`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module; each module defines add_parser(subparsers) and run(args) -> int | None
+COMMANDS = {
+    "train": "nestar.cli.train",
+    "sample": "nestar.cli.sample",
+    "demo": "nestar.cli.demo",
+    "presets": "nestar.cli.presets",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nestar", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, mod in COMMANDS.items():
+        importlib.import_module(mod).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nestar.config import ConfigError
+    from nestar.data import DatasetMissingError
+    from nestar.training.checkpoint import CheckpointError
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [e for e in extra if not (e.startswith("--") and "=" in e)]
+    if bad:
+        parser.error(f"unrecognised arguments: {' '.join(bad)} (config overrides take the form --section.key=value)")
+    args.overrides = extra
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DatasetMissingError, CheckpointError) as e:
+        print(f"nestar {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Datasets: Fashion-MNIST (the embedded default) and image folders, behind one config."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from nestar.data.fashion_mnist import CLASS_NAMES, DatasetMissingError, load_fashion_mnist
+from nestar.data.image_folder import ImageFolderDataset
+
+
+@dataclass
+class DataConfig:
+    """Which images to train on. `name`: 'fashion_mnist' or 'folder' (then `data_dir` is the root)."""
+
+    name: str = "fashion_mnist"
+    data_dir: Optional[str] = None
+    image_size: int = 32
+    channels: int = 1
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.name not in ("fashion_mnist", "folder"):
+            raise ValueError(f"data.name must be 'fashion_mnist' or 'folder', got {self.name!r}")
+        if self.name == "folder" and not self.data_dir:
+            raise ValueError("data.data_dir is required when data.name='folder'")
+
+
+class TensorImageDataset(torch.utils.data.Dataset):
+    """In-memory uint8 images with labels; supports batched fetching (`__getitems__`)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
+        return self.images[idx], int(self.labels[idx])
+
+    def __getitems__(self, idxs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(idxs)
+        return self.images[idx], self.labels[idx]
+
+
+def build_dataset(cfg: DataConfig, split: str = "train") -> torch.utils.data.Dataset:
+    """A dataset yielding (uint8 [C, S, S], label)."""
+    if cfg.name == "fashion_mnist":
+        if cfg.channels != 1 or cfg.num_classes != 10:
+            raise ValueError("fashion_mnist has channels=1 and num_classes=10")
+        images, labels = load_fashion_mnist(split, cfg.data_dir, pad_to=cfg.image_size)
+        return TensorImageDataset(images, labels)
+    root = cfg.data_dir if split == "train" else f"{cfg.data_dir}/../{split}"
+    ds = ImageFolderDataset(root, cfg.image_size, cfg.channels)
+    if len(ds.classes) != cfg.num_classes:
+        raise ValueError(f"data.num_classes={cfg.num_classes} but {root} has {len(ds.classes)} class folders")
+    return ds
+
+
+def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images_uint8.float().div(127.5).sub(1.0)
+
+
+__all__ = [
+    "CLASS_NAMES", "DataConfig", "DatasetMissingError", "ImageFolderDataset", "TensorImageDataset",
+    "build_dataset", "load_fashion_mnist", "to_float",
+]

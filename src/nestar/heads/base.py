@@ -1,0 +1,37 @@
+"""The head interface shared by every model: per-token conditional generative heads (MAR-style).
+
+The backbone produces a condition vector z per target token; the head alone knows how a token is
+drawn given z (flow matching here; GMM or DDPM heads plug in behind the same two methods).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+class Head(nn.Module):
+    token_dim: int
+    cond_dim: int
+
+    def loss(self, target_NC: torch.Tensor, z_NZ: torch.Tensor) -> torch.Tensor:
+        """Mean training loss of tokens `target_NC` given conditions `z_NZ` (same leading shape)."""
+        raise NotImplementedError
+
+    def sample(
+        self,
+        z_NZ: torch.Tensor,
+        *,
+        z_uncond_NZ: Optional[torch.Tensor] = None,
+        cfg: float = 1.0,
+        num_steps: int = 25,
+        temperature: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Draw one token per condition. With `z_uncond_NZ` and cfg != 1, guide towards z."""
+        raise NotImplementedError
+
+    def nfe(self, num_steps: int) -> int:
+        """Network evaluations per `sample` call (per guidance branch)."""
+        raise NotImplementedError

@@ -1,0 +1,138 @@
+"""Rectified-flow MLP head with adaLN (MAR's SimpleMLPAdaLN design, flow matching instead of DDPM)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from nestar.heads.base import Head
+
+
+@dataclass
+class FlowHeadConfig:
+    """Flow head. `time_dist`: 'uniform' or 'logit_normal'. `sampler`: 'euler' or 'heun'.
+
+    Temperature convention: the initial noise x0 ~ N(0, T^2 I) (MAR scales noise the same way).
+    """
+
+    width: int = 256
+    depth: int = 3
+    batch_mul: int = 4  # t/noise draws per z per training step (MAR's diffusion_batch_mul)
+    time_dist: str = "uniform"
+    sampler: str = "euler"
+    num_steps: int = 25
+
+    def __post_init__(self) -> None:
+        if self.time_dist not in ("uniform", "logit_normal"):
+            raise ValueError(f"head.time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
+        if self.sampler not in ("euler", "heun"):
+            raise ValueError(f"head.sampler must be 'euler' or 'heun', got {self.sampler!r}")
+
+
+def timestep_embedding(t_N: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t in [0, 1] (scaled by 1000 as in DiT/MAR)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t_N.device, dtype=torch.float32) / half)
+    args = (t_N.float() * 1000)[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.ada(c).chunk(3, dim=-1)
+        return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
+
+
+class FlowMLPHead(Head):
+    """v_theta(x_t, t, z): MLP of adaLN residual blocks; path x_t = t*x1 + (1-t)*x0, target x1 - x0."""
+
+    def __init__(self, token_dim: int, cond_dim: int, cfg: FlowHeadConfig):
+        super().__init__()
+        self.token_dim, self.cond_dim, self.cfg = token_dim, cond_dim, cfg
+        w = cfg.width
+        self.input_proj = nn.Linear(token_dim, w)
+        self.time_embed = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+        self.cond_embed = nn.Linear(cond_dim, w)
+        self.blocks = nn.ModuleList(ResBlock(w) for _ in range(cfg.depth))
+        self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w))
+        self.out = nn.Linear(w, token_dim)
+        for m in (self.final_ada[1], self.out):  # zero-init: the head starts at v = 0
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def velocity(self, x_NC: torch.Tensor, t_N: torch.Tensor, z_NZ: torch.Tensor) -> torch.Tensor:
+        c = self.time_embed(timestep_embedding(t_N, self.cfg.width).to(x_NC.dtype)) + self.cond_embed(z_NZ)
+        h = self.input_proj(x_NC)
+        for blk in self.blocks:
+            h = blk(h, c)
+        shift, scale = self.final_ada(c).chunk(2, dim=-1)
+        return self.out(self.final_norm(h) * (1 + scale) + shift)
+
+    def _draw_t(self, n: int, device: torch.device) -> torch.Tensor:
+        if self.cfg.time_dist == "logit_normal":
+            return torch.sigmoid(torch.randn(n, device=device))
+        return torch.rand(n, device=device)
+
+    def loss(self, target_NC: torch.Tensor, z_NZ: torch.Tensor) -> torch.Tensor:
+        x1 = target_NC.reshape(-1, self.token_dim).float()
+        z = z_NZ.reshape(-1, self.cond_dim)
+        if self.cfg.batch_mul > 1:
+            x1 = x1.repeat(self.cfg.batch_mul, 1)
+            z = z.repeat(self.cfg.batch_mul, 1)
+        t = self._draw_t(x1.shape[0], x1.device)
+        x0 = torch.randn_like(x1)
+        xt = t[:, None] * x1 + (1 - t[:, None]) * x0
+        v = self.velocity(xt.to(z.dtype), t, z)
+        return (v.float() - (x1 - x0)).pow(2).mean()
+
+    def _guided_velocity(self, x, t, z, z_u, cfg):
+        v_c = self.velocity(x, t, z)
+        if z_u is None:
+            return v_c
+        v_u = self.velocity(x, t, z_u)
+        # v_c + (w-1)(v_c - v_u) == v_u + w(v_c - v_u), and is exactly v_c at w = 1.
+        return v_c + (cfg - 1.0) * (v_c - v_u)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        z_NZ: torch.Tensor,
+        *,
+        z_uncond_NZ: Optional[torch.Tensor] = None,
+        cfg: float = 1.0,
+        num_steps: Optional[int] = None,
+        temperature: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        num_steps = num_steps or self.cfg.num_steps
+        n = z_NZ.shape[0]
+        gen_device = generator.device if generator is not None else z_NZ.device
+        x = torch.randn(n, self.token_dim, generator=generator, device=gen_device).to(z_NZ.device) * temperature
+        x = x.to(z_NZ.dtype)
+        ts = torch.linspace(0.0, 1.0, num_steps + 1, device=z_NZ.device)
+        for i in range(num_steps):
+            t, dt = ts[i].expand(n), ts[i + 1] - ts[i]
+            v = self._guided_velocity(x, t, z_NZ, z_uncond_NZ, cfg)
+            if self.cfg.sampler == "heun" and i < num_steps - 1:
+                x_pred = x + dt * v
+                v2 = self._guided_velocity(x_pred, ts[i + 1].expand(n), z_NZ, z_uncond_NZ, cfg)
+                x = x + dt * 0.5 * (v + v2)
+            else:
+                x = x + dt * v
+        return x.float()
+
+    def nfe(self, num_steps: Optional[int] = None) -> int:
+        s = num_steps or self.cfg.num_steps
+        return 2 * s - 1 if self.cfg.sampler == "heun" else s

@@ -1,0 +1,271 @@
+"""NestAR: Nested AutoRegressive generation with continuous tokens (SPEC section 2).
+
+N = k^M tokens in a fixed generation order (`orders.py`). Module 1 generates tokens 1..k one at a
+time; module m > 1 sees the first k^(m-1) tokens as its first patch and generates k-1 further
+patches of k^(m-1) tokens, one patch per step. Sequential steps: M(k-1) + 1.
+
+Each module is a transformer over [condition tokens; content tokens; query tokens]:
+- content tokens are known tokens (the prefix and earlier patches of the module), embedded from
+  their values plus the position embedding of their grid cell;
+- query tokens stand at the cells of a patch to be generated (learned query + position + patch
+  index); their outputs become the per-token conditions z of the flow head.
+Attention is block-causal at patch granularity (`_mask`): content of patch j sees content of
+patches <= j; queries of patch b see content of patches < b and the other queries of patch b.
+Training teacher-forces all patches of all modules in one pass per module. Sampling keeps a
+preallocated KV cache per module so each step feeds only the newest patch and the next queries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from nestar.heads import FlowHeadConfig, FlowMLPHead
+from nestar.models.base import GenerativeModel, SampleOutput, cfg_scale
+from nestar.models.layers import KVCache, Transformer
+from nestar.models.orders import ORDERS, GenerationOrder
+
+_COND, _CONTENT, _QUERY = 0, 1, 2
+
+
+@dataclass
+class NestARConfig:
+    """NestAR hyper-parameters. `grid_size`, `token_dim`, `num_classes` are set from the data and tokenizer.
+
+    `module_dims`/`module_depths`: per-module width/depth (length M), default `dim`/`depth` for all;
+    the first module's size is a known lever on diversity. `shared_trunk`: one transformer for all
+    modules plus a module embedding. `prefix_noise`: max level s of the coordination augmentation
+    x <- (1-s) x + s*eps applied to conditioning tokens at training (s ~ U(0, prefix_noise); 0 = off).
+    """
+
+    grid_size: int = 8
+    token_dim: int = 16
+    num_classes: int = 10
+    k: int = 4
+    order: str = "lattice"
+    dim: int = 256
+    depth: int = 4
+    head_dim: int = 64
+    mlp_ratio: float = 4.0
+    module_dims: Optional[tuple[int, ...]] = None
+    module_depths: Optional[tuple[int, ...]] = None
+    shared_trunk: bool = False
+    num_cond_tokens: int = 1
+    z_dim: int = 256
+    label_dropout: float = 0.1
+    prefix_noise: float = 0.0
+    module_loss_weights: Optional[tuple[float, ...]] = None
+    head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ValueError(f"model.order must be one of {ORDERS}, got {self.order!r}")
+        m = GenerationOrder(self.grid_size, self.k, self.order).num_modules  # validates grid and k
+        for name in ("module_dims", "module_depths", "module_loss_weights"):
+            v = getattr(self, name)
+            if v is not None and len(v) != m:
+                raise ValueError(f"model.{name} has {len(v)} entries but this grid/k has M={m} modules")
+        if self.shared_trunk and (self.module_dims or self.module_depths):
+            raise ValueError("model.shared_trunk=True uses one transformer: unset module_dims/module_depths")
+        if not 0 <= self.prefix_noise < 1:
+            raise ValueError(f"model.prefix_noise must be in [0, 1), got {self.prefix_noise}")
+
+
+class ModuleNet(nn.Module):
+    """The transformer of one module: embeds [cond; content; queries] and returns z at the queries."""
+
+    def __init__(self, cfg: NestARConfig, width: int, depth: int, num_module_embeddings: int = 0):
+        super().__init__()
+        n = cfg.grid_size**2
+        self.cfg = cfg
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, width)  # last id = null class
+        self.cond_pos = nn.Parameter(torch.zeros(cfg.num_cond_tokens, width))
+        self.token_in = nn.Linear(cfg.token_dim, width)
+        self.pos = nn.Parameter(torch.zeros(n, width))  # indexed by raster position
+        self.query = nn.Parameter(torch.zeros(width))
+        self.patch_emb = nn.Parameter(torch.zeros(cfg.k + 1, width))  # index of the patch in its module
+        self.module_emb = nn.Parameter(torch.zeros(num_module_embeddings, width)) if num_module_embeddings else None
+        for p in (self.cond_pos, self.pos, self.query, self.patch_emb):
+            nn.init.trunc_normal_(p, std=0.02)
+        self.transformer = Transformer(width, depth, max(1, width // cfg.head_dim), cfg.mlp_ratio)
+        self.z_out = nn.Linear(width, cfg.z_dim)
+
+    def embed(
+        self,
+        labels_B: Optional[torch.Tensor],
+        content_BnC: torch.Tensor,
+        content_pos: torch.Tensor,
+        query_pos: torch.Tensor,
+        query_patch: torch.Tensor,
+        module: int,
+    ) -> torch.Tensor:
+        """Input embeddings; `labels_B` None means the condition tokens are already in the cache."""
+        b = content_BnC.shape[0]
+        parts = []
+        if labels_B is not None:
+            parts.append(self.class_emb(labels_B)[:, None, :] + self.cond_pos[None])
+        if content_BnC.shape[1]:
+            parts.append(self.token_in(content_BnC) + self.pos[content_pos][None])
+        parts.append((self.query + self.pos[query_pos] + self.patch_emb[query_patch])[None].expand(b, -1, -1))
+        h = torch.cat(parts, dim=1)
+        if self.module_emb is not None:
+            h = h + self.module_emb[module - 1]
+        return h
+
+    def forward(self, h_BLD: torch.Tensor, mask: torch.Tensor, num_queries: int, caches: Optional[list[KVCache]] = None, start: int = 0) -> torch.Tensor:
+        out = self.transformer(h_BLD, mask, caches, start)
+        return self.z_out(out[:, -num_queries:])
+
+
+class NestAR(GenerativeModel):
+    """Nested AutoRegressive model with a rectified-flow MLP head."""
+
+    def __init__(self, cfg: NestARConfig):
+        super().__init__()
+        self.config, self.num_classes = cfg, cfg.num_classes
+        self.order = GenerationOrder(cfg.grid_size, cfg.k, cfg.order)
+        self.num_modules = self.order.num_modules
+        M = self.num_modules
+        if cfg.shared_trunk:
+            self.trunks = nn.ModuleList([ModuleNet(cfg, cfg.dim, cfg.depth, num_module_embeddings=M)])
+        else:
+            dims = cfg.module_dims or (cfg.dim,) * M
+            depths = cfg.module_depths or (cfg.depth,) * M
+            self.trunks = nn.ModuleList(ModuleNet(cfg, d, L) for d, L in zip(dims, depths))
+        self.head = FlowMLPHead(cfg.token_dim, cfg.z_dim, cfg.head)
+        self.register_buffer("perm", self.order.perm.clone(), persistent=False)
+        self.register_buffer("inv_perm", self.order.inv_perm.clone(), persistent=False)
+        self._plans = {m: self._plan(m) for m in range(1, M + 1)}
+
+    # ----- layout ---------------------------------------------------------------------------
+    def trunk(self, m: int) -> ModuleNet:
+        return self.trunks[0 if self.config.shared_trunk else m - 1]
+
+    def _plan(self, m: int) -> dict:
+        """Static index tensors of module m for teacher-forced training.
+
+        Content = the prefix (patch label 0; module 1 has none) and target patches 1..T-1;
+        queries = target patches 1..T. Labels give each token's patch index for the mask.
+        """
+        P, S, T = self.order.layout(m)
+        n_content = P + (T - 1) * S
+        content_lab = torch.cat([torch.zeros(P, dtype=torch.long), torch.arange(1, T).repeat_interleave(S)])
+        query_lab = torch.arange(1, T + 1).repeat_interleave(S)
+        return dict(P=P, S=S, T=T, n_content=n_content, content_lab=content_lab, query_lab=query_lab)
+
+    def _mask(self, content_lab: torch.Tensor, query_lab: torch.Tensor) -> torch.Tensor:
+        """Boolean (L, L) attention mask, True = may attend, over [cond; content; queries]."""
+        c = self.config.num_cond_tokens
+        kind = torch.cat([torch.full((c,), _COND), torch.full((len(content_lab),), _CONTENT), torch.full((len(query_lab),), _QUERY)])
+        lab = torch.cat([torch.zeros(c, dtype=torch.long), content_lab, query_lab])
+        ki, kj = kind[:, None], kind[None, :]
+        li, lj = lab[:, None], lab[None, :]
+        allowed = (kj == _COND) | ((ki == _CONTENT) & (kj == _CONTENT) & (lj <= li)) | (
+            (ki == _QUERY) & (((kj == _CONTENT) & (lj < li)) | ((kj == _QUERY) & (lj == li)))
+        )
+        return allowed
+
+    def sequential_steps(self) -> int:
+        return self.order.sequential_steps()
+
+    # ----- training -------------------------------------------------------------------------
+    def module_conditions(self, m: int, x_ord_BNC: torch.Tensor, labels_B: torch.Tensor, noise_level_B: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Teacher-forced conditions z (B, T*S, z_dim) for all target tokens of module m."""
+        pl = self._plans[m]
+        dev = x_ord_BNC.device
+        content = x_ord_BNC[:, : pl["n_content"]]
+        if noise_level_B is not None:  # prefix-noise coordination: corrupt what the module conditions on
+            s = noise_level_B[:, None, None].to(content.dtype)
+            content = (1 - s) * content + s * torch.randn_like(content)
+        P, S, T = pl["P"], pl["S"], pl["T"]
+        content_pos = self.perm[: pl["n_content"]]
+        query_pos = self.perm[P : P + T * S]
+        trunk = self.trunk(m)
+        h = trunk.embed(labels_B, content, content_pos, query_pos, pl["query_lab"].to(dev), m)
+        mask = self._mask(pl["content_lab"], pl["query_lab"]).to(dev)
+        return trunk(h, mask, num_queries=T * S)
+
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        tokens_BLC, labels_B = batch["tokens"], batch["labels"]
+        cfg = self.config
+        x_ord = tokens_BLC[:, self.perm]
+        labels_B = self.drop_labels(labels_B, cfg.label_dropout)
+        weights = cfg.module_loss_weights or (1.0,) * self.num_modules
+        out, total = {}, 0.0
+        for m in range(1, self.num_modules + 1):
+            noise = None
+            if self.training and cfg.prefix_noise > 0 and m > 1:
+                noise = torch.rand(x_ord.shape[0], device=x_ord.device) * cfg.prefix_noise
+            z = self.module_conditions(m, x_ord, labels_B, noise)
+            P, S, T = self.order.layout(m)
+            loss_m = self.head.loss(x_ord[:, P : P + T * S], z)
+            out[f"loss_m{m}"] = loss_m.detach()
+            total = total + weights[m - 1] * loss_m
+        out["loss"] = total
+        return out
+
+    # ----- sampling -------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        labels: torch.Tensor,
+        *,
+        cfg: float = 1.0,
+        cfg_schedule: str = "linear",
+        temperature: float = 1.0,
+        num_steps: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        use_cache: bool = True,
+    ) -> SampleOutput:
+        """Generate tokens for `labels`; `num_steps` = flow-head ODE steps (default from config).
+
+        cfg guides the head's velocity over all channels (v_u + w (v_c - v_u)); cfg == 1 skips the
+        unconditional branch. `use_cache=False` recomputes the full sequence every step (reference path).
+        """
+        labels = self.check_labels(labels)
+        B, N, C = labels.shape[0], self.order.num_tokens, self.config.token_dim
+        guided = cfg != 1.0
+        lab = torch.cat([labels, torch.full_like(labels, self.num_classes)]) if guided else labels
+        B2 = lab.shape[0]
+        dev = self.device
+        dtype = next(self.parameters()).dtype
+        x_ord = torch.zeros(B2, N, C, device=dev, dtype=dtype)
+        intermediates = []
+        for m in range(1, self.num_modules + 1):
+            P, S, T = self.order.layout(m)
+            trunk = self.trunk(m)
+            c = self.config.num_cond_tokens
+            caches = trunk.transformer.new_caches(B2, c + P + T * S, dtype, dev) if use_cache else None
+            start = 0
+            for b in range(1, T + 1):
+                n_content = P + (b - 1) * S
+                content_lab = torch.cat([torch.zeros(P, dtype=torch.long), torch.arange(1, b).repeat_interleave(S)])
+                query_lab = torch.full((S,), b, dtype=torch.long)
+                query_pos = self.perm[n_content : n_content + S]
+                mask = self._mask(content_lab, query_lab).to(dev)
+                if use_cache:
+                    new_from = 0 if b == 1 else n_content - S
+                    h = trunk.embed(lab if b == 1 else None, x_ord[:, new_from:n_content], self.perm[new_from:n_content], query_pos, query_lab.to(dev), m)
+                    z = trunk(h, mask[-h.shape[1] :], S, caches, start)
+                    start += h.shape[1] - S  # queries' K/V are scratch: the next patch overwrites them
+                else:
+                    h = trunk.embed(lab, x_ord[:, :n_content], self.perm[:n_content], query_pos, query_lab.to(dev), m)
+                    z = trunk(h, mask, S)
+                z = z.reshape(B2 * S, -1) if not guided else z.reshape(2, B * S, -1)
+                w = cfg_scale(cfg, cfg_schedule, (n_content + S) / N)
+                x_new = self.head.sample(
+                    z[0] if guided else z,
+                    z_uncond_NZ=z[1] if guided else None,
+                    cfg=w,
+                    num_steps=num_steps,
+                    temperature=temperature,
+                    generator=generator,
+                ).to(dtype)
+                x_new = x_new.view(B, S, C)
+                x_ord[:B, n_content : n_content + S] = x_new
+                if guided:
+                    x_ord[B:, n_content : n_content + S] = x_new
+            intermediates.append(self.order.preview(x_ord[:B, :, :][:, self.inv_perm], P + T * S))
+        return SampleOutput(tokens=x_ord[:B, self.inv_perm], intermediates=intermediates, sequential_steps=self.sequential_steps())

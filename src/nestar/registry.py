@@ -1,0 +1,164 @@
+"""Run configs and named presets (`nestar presets` lists them).
+
+A RunConfig bundles data, tokenizer, model, training and sampling settings. The model section's
+type depends on `model_type` (looked up in MODELS), so every model in the project is built, saved
+and loaded the same way. `grid_size`, `token_dim` and `num_classes` of the model are derived from
+the data and tokenizer by `resolve()`; the resolved config is what gets saved in a run directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from nestar.config import ConfigError, from_dict, to_dict
+from nestar.data import DataConfig
+from nestar.heads import FlowHeadConfig
+from nestar.models.base import GenerativeModel
+from nestar.models.nestar import NestAR, NestARConfig
+from nestar.tokenizers import TokenizerConfig, build_tokenizer
+
+# model_type -> (config class, model class). Baselines register here too.
+MODELS: dict[str, tuple[type, type]] = {"nestar": (NestARConfig, NestAR)}
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser and loop settings (MAR recipe defaults: AdamW(0.9, 0.95), wd 0.02, clip 3.0)."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # 'constant' (MAR) or 'cosine' (decays to min_lr_ratio * lr)
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.02
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 3.0
+    ema_decay: float = 0.999  # with warm-up: min(decay, (1+step)/(10+step))
+    bf16: bool = True  # bf16 autocast for the forward pass; params, optimiser and loss stay fp32
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 1000  # 0 = never
+    ckpt_every: int = 500
+    num_workers: int = 0
+    device: str = "auto"  # 'auto' = cuda if available else cpu
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("train.steps and train.batch_size must be >= 1")
+
+
+@dataclass
+class SampleConfig:
+    """Default sampling settings used for grids, the demo and evaluation."""
+
+    cfg: float = 3.0
+    cfg_schedule: str = "linear"
+    temperature: float = 1.0
+    num_steps: int = 25  # flow-head ODE steps
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    model_type: str = "nestar"
+    model: Any = field(default_factory=NestARConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    preset: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        data = dict(data)
+        model_type = data.get("model_type", "nestar")
+        if model_type not in MODELS:
+            raise ConfigError(f"model_type: unknown {model_type!r}; known: {sorted(MODELS)}")
+        model_cls = MODELS[model_type][0]
+        model = data.pop("model", {})
+        cfg = from_dict(cls, data)
+        cfg.model = model if isinstance(model, model_cls) else from_dict(model_cls, model, prefix="model.")
+        return cfg
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """Fill the model's data-derived fields from the data and tokenizer configs (validating them)."""
+    tok = build_tokenizer(cfg.tokenizer, cfg.data.image_size, cfg.data.channels)
+    model_cls = MODELS[cfg.model_type][0]
+    try:
+        model = dataclasses.replace(cfg.model, grid_size=tok.grid_size, token_dim=tok.token_dim, num_classes=cfg.data.num_classes)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model: {e}") from e
+    assert isinstance(model, model_cls)
+    return dataclasses.replace(cfg, model=model)
+
+
+def build_model(cfg: RunConfig) -> GenerativeModel:
+    return MODELS[cfg.model_type][1](cfg.model)
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    return to_dict(cfg)
+
+
+# ----- presets -------------------------------------------------------------------------------
+PRESETS: dict[str, Callable[[], RunConfig]] = {}
+
+
+def preset(name: str):
+    def deco(fn: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
+        PRESETS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    cfg = PRESETS[name]()
+    cfg.preset = name
+    return resolve(cfg)
+
+
+@preset("nestar-fmnist")
+def _nestar_fmnist() -> RunConfig:
+    """The demo: Fashion-MNIST 32x32, 4x4 pixel patches -> 8x8 grid of 16-d tokens, k=4 (10 steps)."""
+    return RunConfig(
+        model=NestARConfig(k=4, order="lattice", dim=192, depth=4, z_dim=192, head=FlowHeadConfig(width=256, depth=3)),
+        tokenizer=TokenizerConfig(patch_size=4),
+        train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup_steps=100),
+    )
+
+
+@preset("nestar-s")
+def _nestar_s() -> RunConfig:
+    """Small NestAR on a 16x16 token grid (2x2 pixel patches), k=4: 13 sequential steps."""
+    return RunConfig(
+        model=NestARConfig(k=4, order="lattice", dim=256, depth=6, z_dim=256, head=FlowHeadConfig(width=256, depth=3)),
+        tokenizer=TokenizerConfig(patch_size=2),
+    )
+
+
+@preset("nestar-tiny")
+def _nestar_tiny() -> RunConfig:
+    """For tests and smoke runs: seconds per hundred steps on a CPU."""
+    return RunConfig(
+        model=NestARConfig(k=4, dim=32, depth=1, z_dim=32, head_dim=16, head=FlowHeadConfig(width=32, depth=1, num_steps=4)),
+        tokenizer=TokenizerConfig(patch_size=4),
+        train=TrainConfig(steps=20, batch_size=8, warmup_steps=2, log_every=5, sample_every=0, ckpt_every=10, bf16=False),
+        sample=SampleConfig(cfg=2.0, num_steps=4),
+    )
+
+
+def load_run_config(data: dict, overrides: Optional[list[str]] = None) -> RunConfig:
+    from nestar.config import apply_overrides
+
+    cfg = RunConfig.from_dict(data)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return resolve(cfg)
