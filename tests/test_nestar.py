@@ -1,0 +1,178 @@
+"""NestAR model: layout, orders, masking (no leak), KV cache, guidance, determinism, learning."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nestar.heads import FlowHeadConfig
+from nestar.models.nestar import NestAR, NestARConfig
+from nestar.models.orders import GenerationOrder
+
+
+def tiny_config(grid: int = 8, k: int = 4, order: str = "lattice", **kw) -> NestARConfig:
+    base = dict(grid_size=grid, token_dim=4, num_classes=10, k=k, order=order, dim=32, depth=2, head_dim=16,
+                z_dim=32, head=FlowHeadConfig(width=32, depth=1, num_steps=3))
+    base.update(kw)
+    return NestARConfig(**base)
+
+
+def randomised(model: NestAR) -> NestAR:
+    """Give the zero-initialised head outputs real weights so sampling depends on z."""
+    torch.manual_seed(123)
+    with torch.no_grad():
+        for mod in (model.head.out, model.head.final_ada[1], *[b.ada[1] for b in model.head.blocks]):
+            mod.weight.normal_(0, 0.2)
+            mod.bias.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("order", ["lattice", "zorder"])
+@pytest.mark.parametrize("grid,k,expected", [(8, 4, 10), (16, 4, 13), (32, 4, 16), (8, 2, 7), (16, 2, 9), (16, 16, 31)])
+def test_step_count_is_M_times_k_minus_1_plus_1(grid, k, expected, order):
+    model = NestAR(tiny_config(grid, k, order))
+    M = model.num_modules
+    assert k**M == grid * grid
+    assert model.sequential_steps() == M * (k - 1) + 1 == expected
+    # and the sampler really makes that many sequential network calls
+    calls = []
+    for t in model.trunks:
+        t.register_forward_hook(lambda *a: calls.append(1))
+    if grid <= 16:
+        model.eval().sample(torch.tensor([0]), num_steps=1)
+        assert len(calls) == expected
+
+
+@pytest.mark.parametrize("grid,k", [(8, 3), (12, 4), (16, 8)])
+def test_impossible_grid_and_k_rejected_with_clear_error(grid, k):
+    with pytest.raises(ValueError, match="power"):
+        NestAR(tiny_config(grid, k))
+
+
+def test_k_below_two_rejected():
+    with pytest.raises(ValueError, match="k must be >= 2"):
+        NestAR(tiny_config(8, 1))
+
+
+def test_orders_are_permutations_with_the_described_geometry():
+    g = 8
+    lat, zo = GenerationOrder(g, 4, "lattice"), GenerationOrder(g, 4, "zorder")
+    for o in (lat, zo):
+        assert sorted(o.perm.tolist()) == list(range(g * g))
+    rc = lambda idx: {(int(i) // g, int(i) % g) for idx_ in [idx] for i in idx_}  # noqa: E731
+    # lattice: the first 4^m tokens form the full stride-(8/2^m) sub-lattice
+    assert rc(lat.perm[:4]) == {(0, 0), (0, 4), (4, 0), (4, 4)}
+    assert rc(lat.perm[:16]) == {(r, c) for r in range(0, 8, 2) for c in range(0, 8, 2)}
+    # module 2's patches: offsets (0,1),(1,0),(1,1) times stride 2 of the 4x4-lattice... in that order
+    assert rc(lat.perm[4:8]) == {(0, 2), (0, 6), (4, 2), (4, 6)}
+    assert rc(lat.perm[8:12]) == {(2, 0), (2, 4), (6, 0), (6, 4)}
+    # z-order: the first 4^m tokens are the top-left 2^m block, patches are neighbouring blocks
+    assert rc(zo.perm[:16]) == {(r, c) for r in range(4) for c in range(4)}
+    assert rc(zo.perm[16:32]) == {(r, c) for r in range(4) for c in range(4, 8)}
+
+
+@pytest.mark.parametrize("order", ["lattice", "zorder"])
+@pytest.mark.parametrize("k", [2, 4])
+def test_no_leak_conditions_ignore_current_and_later_patches(order, k):
+    model = randomised(NestAR(tiny_config(8, k, order)))
+    x = torch.randn(2, 64, 4)
+    labels = torch.tensor([3, 7])
+    for m in range(1, model.num_modules + 1):
+        P, S, T = model.order.layout(m)
+        z = model.module_conditions(m, x, labels)
+        for b in range(1, T + 1):
+            x2 = x.clone()
+            x2[:, P + (b - 1) * S :] += torch.randn_like(x2[:, P + (b - 1) * S :]) * 3
+            z2 = model.module_conditions(m, x2, labels)
+            # conditions of patches 1..b depend only on tokens before patch b
+            torch.testing.assert_close(z2[:, : b * S], z[:, : b * S], rtol=0, atol=1e-5)
+            if b < T:  # and the later ones do see the change (the test can fail both ways)
+                assert (z2[:, b * S :] - z[:, b * S :]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("order", ["lattice", "zorder"])
+def test_kv_cache_matches_full_recompute(order):
+    model = randomised(NestAR(tiny_config(8, 4, order)))
+    labels = torch.tensor([0, 5, 9])
+    outs = []
+    for use_cache in (True, False):
+        gen = torch.Generator().manual_seed(7)
+        outs.append(model.sample(labels, cfg=2.5, generator=gen, use_cache=use_cache).tokens)
+    assert outs[0].abs().mean() > 0.1  # samples are not trivially equal (e.g. all zeros)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+
+
+def test_cfg_one_equals_unguided_path():
+    model = randomised(NestAR(tiny_config()))
+    z = torch.randn(6, 32)
+    z_u = torch.randn(6, 32)
+    a = model.head.sample(z, generator=torch.Generator().manual_seed(1))
+    b = model.head.sample(z, z_uncond_NZ=z_u, cfg=1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)  # the guided formula is exactly v_c at w = 1
+    c = model.head.sample(z, z_uncond_NZ=z_u, cfg=3.0, generator=torch.Generator().manual_seed(1))
+    assert (a - c).abs().max() > 1e-3  # and guidance does change samples
+    labels = torch.tensor([1, 2])
+    s1 = model.sample(labels, cfg=1.0, generator=torch.Generator().manual_seed(3)).tokens
+    s2 = model.sample(labels, cfg=1.0, cfg_schedule="constant", generator=torch.Generator().manual_seed(3)).tokens
+    torch.testing.assert_close(s1, s2, rtol=0, atol=0)
+
+
+def test_same_seed_same_images_and_different_seed_differs():
+    model = randomised(NestAR(tiny_config()))
+    labels = torch.tensor([4, 4, 8])
+    a = model.sample(labels, cfg=2.0, generator=torch.Generator().manual_seed(11)).tokens
+    b = model.sample(labels, cfg=2.0, generator=torch.Generator().manual_seed(11)).tokens
+    c = model.sample(labels, cfg=2.0, generator=torch.Generator().manual_seed(12)).tokens
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_intermediates_one_per_module_and_last_is_the_sample():
+    model = randomised(NestAR(tiny_config(8, 4, "lattice")))
+    out = model.sample(torch.tensor([1]), generator=torch.Generator().manual_seed(0))
+    assert len(out.intermediates) == model.num_modules
+    torch.testing.assert_close(out.intermediates[-1], out.tokens)
+    # after module 1 the lattice preview is the 2x2 coarse grid expanded to 4x4 blocks
+    first = out.intermediates[0].reshape(8, 8, 4)
+    assert torch.equal(first[0, 0], first[3, 3]) and torch.equal(first[4, 4], first[7, 7])
+
+
+def test_shared_trunk_and_per_module_sizes():
+    shared = NestAR(tiny_config(shared_trunk=True))
+    assert len(shared.trunks) == 1
+    sizes = NestAR(tiny_config(module_dims=(16, 32, 64), module_depths=(1, 1, 2)))
+    assert [t.transformer.dim for t in sizes.trunks] == [16, 32, 64]
+    with pytest.raises(ValueError, match="module_dims"):
+        tiny_config(module_dims=(16, 32))
+    for model in (shared, sizes):
+        out = model.loss({"tokens": torch.randn(2, 64, 4), "labels": torch.tensor([0, 1])})
+        out["loss"].backward()
+
+
+def test_prefix_noise_changes_training_conditions_only():
+    model = NestAR(tiny_config(prefix_noise=0.5)).train()
+    batch = {"tokens": torch.randn(4, 64, 4), "labels": torch.arange(4)}
+    torch.manual_seed(0)
+    out = model.loss(batch)
+    assert torch.isfinite(out["loss"])
+    model.eval()  # no noise and no label dropout at eval: deterministic given the RNG of the head
+    torch.manual_seed(0)
+    a = model.loss(batch)["loss"]
+    torch.manual_seed(0)
+    b = model.loss(batch)["loss"]
+    assert torch.equal(a, b)
+
+
+def test_tiny_model_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    model = NestAR(tiny_config(label_dropout=0.0))
+    batch = {"tokens": torch.randn(8, 64, 4).clamp(-1, 1), "labels": torch.arange(8)}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        loss = model.loss(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.6 * first, (first, last)
