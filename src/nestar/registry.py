@@ -7,7 +7,6 @@ the data and tokenizer by `resolve()`; the resolved config is what gets saved in
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -81,20 +80,19 @@ class RunConfig:
         model_cls = MODELS[model_type][0]
         model = data.pop("model", {})
         cfg = from_dict(cls, data)
-        cfg.model = model if isinstance(model, model_cls) else from_dict(model_cls, model, prefix="model.")
+        if isinstance(model, model_cls):
+            model = to_dict(model)
+        # Derived fields come from data + tokenizer before the model config validates itself,
+        # so `--tokenizer.patch_size=2 --model.k=2` is checked as a whole.
+        tok = build_tokenizer(cfg.tokenizer, cfg.data.image_size, cfg.data.channels)
+        model = {**model, "grid_size": tok.grid_size, "token_dim": tok.token_dim, "num_classes": cfg.data.num_classes}
+        cfg.model = from_dict(model_cls, model, prefix="model.")
         return cfg
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fill the model's data-derived fields from the data and tokenizer configs (validating them)."""
-    tok = build_tokenizer(cfg.tokenizer, cfg.data.image_size, cfg.data.channels)
-    model_cls = MODELS[cfg.model_type][0]
-    try:
-        model = dataclasses.replace(cfg.model, grid_size=tok.grid_size, token_dim=tok.token_dim, num_classes=cfg.data.num_classes)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"model: {e}") from e
-    assert isinstance(model, model_cls)
-    return dataclasses.replace(cfg, model=model)
+    return RunConfig.from_dict(to_dict(cfg))
 
 
 def build_model(cfg: RunConfig) -> GenerativeModel:

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up nestar on a fresh machine: the Fashion-MNIST Debian package (when we can install it) and a
+# virtual environment in .venv with torch pinned by constraints.txt (never a surprise CUDA build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+if [ ! -f "$FMNIST" ] && [ -z "${NESTAR_FASHION_MNIST_DIR:-}" ] && command -v apt-get >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo -n"
+  if [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; then
+    echo "[setup] installing dataset-fashion-mnist with apt-get"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+      || echo "[setup] warning: could not install dataset-fashion-mnist (run: sudo apt-get install -y dataset-fashion-mnist)"
+  else
+    echo "[setup] Fashion-MNIST missing; install it with: sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+# constraints.txt pins torch==2.13.0 for every install command here.
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+.venv/bin/python - <<'PYEOF'
+import sys, torch
+want = "2.13.0"
+if torch.__version__.split("+")[0] != want:
+    sys.exit(f"[setup] torch {torch.__version__} installed but {want} is pinned (constraints.txt)")
+print(f"[setup] ok: torch {torch.__version__}, {torch.get_num_threads()} threads")
+PYEOF
