@@ -13,12 +13,15 @@ from typing import Any, Callable, Optional
 from nestar.config import ConfigError, from_dict, to_dict
 from nestar.data import DataConfig
 from nestar.heads import FlowHeadConfig
+from nestar.heads.gmm_ar import GMMHeadConfig
 from nestar.models.base import GenerativeModel
+from nestar.models.arinar import ARINAR, ARINARConfig
 from nestar.models.nestar import NestAR, NestARConfig
 from nestar.tokenizers import TokenizerConfig, build_tokenizer
 
 # model_type -> (config class, model class). Baselines register here too.
 MODELS: dict[str, tuple[type, type]] = {"nestar": (NestARConfig, NestAR)}
+MODELS["arinar"] = (ARINARConfig, ARINAR)
 
 
 @dataclass
@@ -147,6 +150,29 @@ def _nestar_tiny() -> RunConfig:
     """For tests and smoke runs: seconds per hundred steps on a CPU."""
     return RunConfig(
         model=NestARConfig(k=4, dim=32, depth=1, z_dim=32, head_dim=16, head=FlowHeadConfig(width=32, depth=1, num_steps=4)),
+        tokenizer=TokenizerConfig(patch_size=4),
+        train=TrainConfig(steps=20, batch_size=8, warmup_steps=2, log_every=5, sample_every=0, ckpt_every=10, bf16=False),
+        sample=SampleConfig(cfg=2.0, num_steps=4),
+    )
+
+
+@preset("arinar-s")
+def _arinar_s() -> RunConfig:
+    """ARINAR baseline matched to nestar-s: MAR 12+12 blocks x 256, inner-AR GMM head (K=4), 64 steps."""
+    return RunConfig(
+        model_type="arinar",
+        model=ARINARConfig(dim=256, enc_depth=12, dec_depth=12, num_iter=64, head=GMMHeadConfig(width=256, depth=1, num_gaussians=4)),
+        tokenizer=TokenizerConfig(patch_size=2),
+    )
+
+
+@preset("arinar-tiny")
+def _arinar_tiny() -> RunConfig:
+    """ARINAR for tests and smoke runs (8x8 grid, 8 outer steps, 100 guidance candidates)."""
+    return RunConfig(
+        model_type="arinar",
+        model=ARINARConfig(dim=32, enc_depth=1, dec_depth=1, head_dim=16, buffer_size=2, num_iter=8,
+                           head=GMMHeadConfig(width=32, depth=1, num_heads=2, num_candidates=100)),
         tokenizer=TokenizerConfig(patch_size=4),
         train=TrainConfig(steps=20, batch_size=8, warmup_steps=2, log_every=5, sample_every=0, ckpt_every=10, bf16=False),
         sample=SampleConfig(cfg=2.0, num_steps=4),

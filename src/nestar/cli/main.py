@@ -11,6 +11,7 @@ COMMANDS = {
     "sample": "nestar.cli.sample",
     "demo": "nestar.cli.demo",
     "presets": "nestar.cli.presets",
+    "bench": "nestar.cli.bench",
 }
 
 

@@ -1,0 +1,76 @@
+"""`nestar bench speed`: the speed harness (protocol in benchmarks/README.md)."""
+from __future__ import annotations
+
+import argparse
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _grids(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("", "none", "off"):
+        return ()
+    try:
+        return tuple(int(t) for t in _csv_list(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--grids takes comma-separated ints (e.g. 8,16,32), got {text!r}") from e
+
+
+def _load(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--load takes NAME=PATH, got {text!r}")
+    name, path = text.split("=", 1)
+    return name, path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (speed)")
+    bsub = p.add_subparsers(dest="bench_command", required=True)
+    s = bsub.add_parser(
+        "speed", help="steps, head NFE, FLOPs, latency, throughput, memory and growth of every model in one run",
+        description="Measure all models in one process on one machine (same dtype and threads) and write "
+                    "speed.md / speed.csv / growth.csv / speed.png / speed.json under --out. "
+                    "Overrides (--section.key=value) apply to every preset.")
+    s.add_argument("--presets", type=_csv_list, default=None,
+                   help="comma-separated presets (default: nestar-s,raster-s,mar-s,arinar-s,nextscale-s; "
+                        "the -tiny ones with --quick; unregistered ones are skipped with a note)")
+    s.add_argument("--quick", action="store_true", help="tiny presets, 1 warm-up, 2 repeats, throughput batch 8")
+    s.add_argument("--out", default="benchmarks/results/speed", help="output directory")
+    s.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    s.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 5; quick 2)")
+    s.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls (default 2; quick 1)")
+    s.add_argument("--batch-latency", type=int, default=1, help="batch of the latency measurement")
+    s.add_argument("--batch-throughput", type=int, default=None, help="batch of the throughput measurement (default 64; quick 8)")
+    s.add_argument("--flops-batch", type=int, default=2, help="batch of the FLOP count (FLOPs are per image)")
+    s.add_argument("--head-steps", type=int, default=None, help="flow-head ODE steps (default: each preset's sample.num_steps)")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--cfg", type=float, default=None, help="guidance scale for all models (default: each preset's sample.cfg)")
+    g.add_argument("--no-cfg", action="store_true", help="guidance off (cfg = 1: no unconditional branch)")
+    s.add_argument("--cfg-schedule", default="linear", choices=["constant", "linear"])
+    s.add_argument("--grids", type=_grids, default=(8, 16, 32), help="growth-curve token grids (default 8,16,32; 'off' = none)")
+    s.add_argument("--growth-repeats", type=int, default=None, help="timed calls per growth point (default min(repeats, 3))")
+    s.add_argument("--load", type=_load, action="append", default=[], metavar="NAME=PATH",
+                   help="measure a trained checkpoint / run directory under NAME (repeatable)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nestar.bench.speed import SpeedOptions, markdown_table, MAIN_COLUMNS, run_speed, write_report
+
+    opts = SpeedOptions(
+        presets=args.presets, out=args.out, device=args.device, dtype=args.dtype, threads=args.threads,
+        repeats=args.repeats, warmup=args.warmup, batch_latency=args.batch_latency,
+        batch_throughput=args.batch_throughput, flops_batch=args.flops_batch, head_steps=args.head_steps,
+        cfg=1.0 if args.no_cfg else args.cfg, cfg_schedule=args.cfg_schedule, grids=args.grids,
+        growth_repeats=args.growth_repeats, quick=args.quick, overrides=list(getattr(args, "overrides", []) or []),
+        load=dict(args.load), seed=args.seed,
+    )
+    result = run_speed(opts)
+    paths = write_report(result, args.out)
+    print(markdown_table([r for r in result["rows"] if "error" not in r], MAIN_COLUMNS))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 1 if not any("error" not in r for r in result["rows"]) else 0

@@ -1,0 +1,84 @@
+"""Speed harness: `nestar bench speed --quick` on tiny presets writes the table, CSV, PNG and JSON."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from nestar.bench.speed import SpeedOptions, _HeadCounter, default_presets, markdown_table
+
+
+def _run_cli(argv: list[str]) -> int:
+    # the parser and command function of `nestar` (main() adds only error formatting)
+    from nestar.cli.main import build_parser
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    args.overrides = extra
+    return int(args.func(args) or 0)
+
+
+def test_bench_speed_quick_writes_table_csv_png(tmp_path, capsys):
+    out = tmp_path / "speed"
+    rc = _run_cli(["bench", "speed", "--quick", "--presets", "nestar-tiny,arinar-tiny,nosuch-tiny", "--grids", "8,16",
+                   "--repeats", "1", "--threads", "1", "--batch-throughput", "4", "--out", str(out)])
+    assert rc == 0
+    for name in ("speed.md", "speed.csv", "growth.csv", "speed.png", "speed.json"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "speed.csv").open()))
+    assert [r["preset"] for r in rows] == ["nestar-tiny", "arinar-tiny"]
+    by = {r["preset"]: r for r in rows}
+    assert int(by["nestar-tiny"]["seq_steps"]) == 10 and int(by["arinar-tiny"]["seq_steps"]) == 8
+    assert int(by["arinar-tiny"]["head_nfe_per_token"]) == 16  # one inner step per channel (4x4 patches)
+    assert int(by["arinar-tiny"]["head_nfe_seq"]) == 8 * 16
+    assert int(by["nestar-tiny"]["head_nfe_seq"]) == 10 * 4  # 10 steps x 4 Euler steps
+    for r in rows:
+        assert float(r["latency_ms"]) > 0 and float(r["throughput_img_s"]) > 0 and float(r["gflops_per_img"]) > 0
+        assert float(r["params_M"]) > 0
+    assert float(by["nestar-tiny"]["latency_vs_nestar"]) == pytest.approx(1.0)
+    assert float(by["arinar-tiny"]["steps_vs_nestar"]) == pytest.approx(0.8)
+    growth = list(csv.DictReader((out / "growth.csv").open()))
+    assert {(g["preset"], g["grid"]) for g in growth} == {(p, s) for p in ("nestar-tiny", "arinar-tiny") for s in ("8", "16")}
+    assert {g["seq_steps"] for g in growth if g["preset"] == "nestar-tiny"} == {"10", "13"}
+    md = (out / "speed.md").read_text()
+    assert "| nestar-tiny |" in md and "Ratios vs NestAR" in md and "nosuch-tiny: not registered" in md
+    from PIL import Image
+
+    with Image.open(out / "speed.png") as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+    data = json.loads((out / "speed.json").read_text())
+    assert data["env"]["threads"] == 1 and data["env"]["quick"] is True
+    assert "nestar-tiny" in capsys.readouterr().out
+
+
+def test_default_presets_skip_unregistered_families_with_a_note():
+    from nestar.registry import PRESETS
+
+    names, notes = default_presets(quick=False)
+    assert "nestar-s" in names and "arinar-s" in names
+    assert all(n in PRESETS for n in names)
+    assert all("not registered" in n for n in notes)
+    assert len(names) + len(notes) == 5
+
+
+def test_head_counter_counts_and_restores():
+    from nestar.registry import build_model, get_preset
+
+    model = build_model(get_preset("arinar-tiny")).eval()
+    with _HeadCounter(model) as hc:
+        model.sample(torch.tensor([1]), cfg=2.0, generator=torch.Generator().manual_seed(0))
+    assert hc.calls == 8 and hc.seq_nfe == 8 * 16 and hc.token_nfe == 64 * 16 * 2
+    assert "sample" not in model.head.__dict__
+
+
+def test_options_quick_defaults_and_table():
+    o = SpeedOptions(quick=True).resolved()
+    assert (o.repeats, o.warmup, o.batch_throughput) == (2, 1, 8)
+    o = SpeedOptions().resolved()
+    assert (o.repeats, o.batch_throughput, o.grids) == (5, 64, (8, 16, 32))
+    with pytest.raises(ValueError, match="dtype"):
+        SpeedOptions(dtype="int8").resolved()
+    t = markdown_table([{"a": 1.23456, "b": None}], [("a", "A", "{:.2f}"), ("b", "B", "{}")])
+    assert "| 1.23 | - |" in t
