@@ -1,0 +1,65 @@
+"""Pipeline: class labels -> images (diffusers-style), with save_pretrained / from_pretrained."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from nestar.models.base import GenerativeModel
+from nestar.tokenizers import Tokenizer, build_tokenizer
+from nestar.training.checkpoint import CheckpointError, load_model_from_checkpoint, load_pretrained, save_pretrained
+
+
+@dataclass
+class PipelineOutput:
+    images: torch.Tensor  # (B, C, H, W) in [-1, 1]
+    intermediates: list[torch.Tensor] = field(default_factory=list)  # one image batch per stage
+    sequential_steps: int = 0
+
+
+class Pipeline:
+    """A trained generator plus its tokenizer and run config; None sampling arguments use config.sample."""
+
+    def __init__(self, model: GenerativeModel, tokenizer: Tokenizer, config):
+        self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
+
+    @classmethod
+    def from_pretrained(cls, path, device: str = "cpu", use_ema: bool = True) -> "Pipeline":
+        """`path`: a run directory, a checkpoint .safetensors file, or a save_pretrained directory."""
+        p = Path(path)
+        if p.is_dir() and (p / "checkpoints" / "last.safetensors").is_file():
+            model, config = load_model_from_checkpoint(p / "checkpoints" / "last.safetensors", use_ema)
+        elif p.is_file():
+            model, config = load_model_from_checkpoint(p, use_ema)
+        elif p.is_dir() and (p / "model.safetensors").is_file():
+            model, config = load_pretrained(p)
+        else:
+            raise CheckpointError(f"{p} is neither a run directory (checkpoints/last.safetensors), "
+                                  f"a checkpoint file, nor a saved model (model.safetensors + config.json)")
+        tok = build_tokenizer(config.tokenizer, config.data.image_size, config.data.channels)
+        return cls(model.to(device), tok.to(device), config)
+
+    def save_pretrained(self, directory) -> Path:
+        return save_pretrained(directory, self.model, self.config)
+
+    @torch.no_grad()
+    def __call__(self, labels, *, cfg: Optional[float] = None, cfg_schedule: Optional[str] = None,
+                 temperature: Optional[float] = None, num_steps: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None, batch_size: int = 64) -> PipelineOutput:
+        s = self.config.sample
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if generator is None:
+            generator = torch.Generator().manual_seed(s.seed)
+        images, stages, steps = [], [], 0
+        for chunk in labels.split(batch_size):  # one generator consumed in order: same seed, same images
+            out = self.model.sample(chunk, cfg=s.cfg if cfg is None else cfg,
+                                    cfg_schedule=cfg_schedule or s.cfg_schedule,
+                                    temperature=s.temperature if temperature is None else temperature,
+                                    num_steps=num_steps or s.num_steps, generator=generator)
+            images.append(self.tokenizer.decode(out.tokens).clamp(-1, 1))
+            stages.append([self.tokenizer.decode(t).clamp(-1, 1) for t in out.intermediates])
+            steps = out.sequential_steps
+        inter = [torch.cat([st[i] for st in stages]) for i in range(len(stages[0]))] if stages and stages[0] else []
+        return PipelineOutput(images=torch.cat(images), intermediates=inter, sequential_steps=steps)
