@@ -1,0 +1,74 @@
+"""MAR baseline (SPEC section 3): masked AR with a bidirectional encoder-decoder and the flow head.
+
+The outer model is MAR's MAE-style encoder/decoder, shared with the ARINAR baseline
+(`arinar.MaskedARBackbone` / `arinar.MaskedARModel`), so MAR and ARINAR differ only in the head:
+- `buffer_size` buffer tokens hold the class embedding (null class = `num_classes`, label dropout
+  at training); the encoder sees [buffer; known tokens] only, the decoder all positions with a
+  learned mask token at unknown ones; z = decoder output + a learned per-position embedding.
+  Everything is bidirectional, so no KV cache is possible: every step re-runs both stacks.
+- Training: one mask ratio per batch from N(1.0, 0.25^2) truncated to [0.7, 1], a random order per
+  image; the flow loss covers masked tokens only.
+- Sampling: a random order per image drawn from the passed generator; `num_iter` steps (MAR's
+  default 64) on the cosine schedule remaining(s) = floor(N cos(pi/2 (s+1)/S)), at least one token
+  per step; guidance weight linear in the share of tokens known after the step, as MAR does
+  (`cfg_schedule='linear'`), applied to the head velocity over all channels; cfg == 1 runs no
+  unconditional branch.
+
+Choice: the encoder/decoder split (MAR's published architecture, 12+12 blocks at MAR-B) rather than
+one bidirectional stack; `mar-s` keeps MAR's 64 buffer tokens (its setting for 256-token images) and
+splits the depth of nestar-s evenly (12 + 12 blocks of width 256). MAR's attention/projection
+dropout (0.1) is not used: no model in this project has dropout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nestar.heads import FlowHeadConfig, FlowMLPHead
+from nestar.models.arinar import MaskedARBackbone, MaskedARModel
+
+
+@dataclass
+class MARConfig:
+    """MAR hyper-parameters. `grid_size`, `token_dim`, `num_classes` are set from the data and tokenizer.
+
+    Encoder/decoder of width `dim` with `enc_depth` + `dec_depth` blocks (attention heads of size
+    `head_dim`); the head condition z has width `dim`. `num_iter`: outer sampling steps.
+    """
+
+    grid_size: int = 16
+    token_dim: int = 4
+    num_classes: int = 10
+    dim: int = 256
+    enc_depth: int = 12
+    dec_depth: int = 12
+    head_dim: int = 64
+    mlp_ratio: float = 4.0
+    buffer_size: int = 64
+    label_dropout: float = 0.1
+    mask_ratio_min: float = 0.7
+    mask_ratio_std: float = 0.25
+    num_iter: int = 64
+    head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
+
+    def __post_init__(self) -> None:
+        if self.grid_size < 1 or self.token_dim < 1:
+            raise ValueError("model.grid_size and model.token_dim must be >= 1")
+        if self.dim % self.head_dim:
+            raise ValueError(f"model.dim {self.dim} is not divisible by model.head_dim {self.head_dim}")
+        if not 0 < self.mask_ratio_min <= 1:
+            raise ValueError(f"model.mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
+        if self.num_iter < 1:
+            raise ValueError(f"model.num_iter must be >= 1, got {self.num_iter}")
+        if self.buffer_size < 1:
+            raise ValueError(f"model.buffer_size must be >= 1, got {self.buffer_size}")
+
+
+class MAR(MaskedARModel):
+    """MAR: masked-AR encoder/decoder + rectified-flow MLP head (MAR's DiffLoss with flow matching)."""
+
+    def __init__(self, cfg: MARConfig):
+        super().__init__()
+        self.config, self.num_classes = cfg, cfg.num_classes
+        self.backbone = MaskedARBackbone(cfg.grid_size, cfg.token_dim, cfg.num_classes, cfg.dim, cfg.enc_depth,
+                                         cfg.dec_depth, cfg.dim // cfg.head_dim, cfg.mlp_ratio, cfg.buffer_size)
+        self.head = FlowMLPHead(cfg.token_dim, cfg.dim, cfg.head)
