@@ -31,6 +31,8 @@ class Pipeline:
         p = Path(path)
         if p.is_dir() and (p / "checkpoints" / "last.safetensors").is_file():
             model, config = load_model_from_checkpoint(p / "checkpoints" / "last.safetensors", use_ema)
+        elif p.is_file() and p.name == "model.safetensors" and (p.parent / "config.json").is_file():
+            model, config = load_pretrained(p.parent)
         elif p.is_file():
             model, config = load_model_from_checkpoint(p, use_ema)
         elif p.is_dir() and (p / "model.safetensors").is_file():
@@ -39,17 +41,29 @@ class Pipeline:
             raise CheckpointError(f"{p} is neither a run directory (checkpoints/last.safetensors), "
                                   f"a checkpoint file, nor a saved model (model.safetensors + config.json)")
         tok = build_tokenizer(config.tokenizer, config.data.image_size, config.data.channels)
-        return cls(model.to(device), tok.to(device), config)
+        return cls(model.to(device), tok.to(device).eval(), config)
 
     def save_pretrained(self, directory) -> Path:
+        """Write `model.safetensors` + `config.json`; `Pipeline.from_pretrained(directory)` reads them back."""
         return save_pretrained(directory, self.model, self.config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
 
     @torch.no_grad()
     def __call__(self, labels, *, cfg: Optional[float] = None, cfg_schedule: Optional[str] = None,
                  temperature: Optional[float] = None, num_steps: Optional[int] = None,
                  generator: Optional[torch.Generator] = None, batch_size: int = 64) -> PipelineOutput:
+        """Sample images for `labels`; None arguments use config.sample.
+
+        Chunks of `batch_size` are sampled in order from the one `generator` (default: seeded with
+        config.sample.seed), so the same seed and batch_size give the same images.
+        """
         s = self.config.sample
-        labels = torch.as_tensor(labels, dtype=torch.long)
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if labels.numel() == 0:
+            raise ValueError("labels is empty: pass at least one class id")
         if generator is None:
             generator = torch.Generator().manual_seed(s.seed)
         images, stages, steps = [], [], 0
@@ -57,7 +71,7 @@ class Pipeline:
             out = self.model.sample(chunk, cfg=s.cfg if cfg is None else cfg,
                                     cfg_schedule=cfg_schedule or s.cfg_schedule,
                                     temperature=s.temperature if temperature is None else temperature,
-                                    num_steps=num_steps or s.num_steps, generator=generator)
+                                    num_steps=s.num_steps if num_steps is None else num_steps, generator=generator)
             images.append(self.tokenizer.decode(out.tokens).clamp(-1, 1))
             stages.append([self.tokenizer.decode(t).clamp(-1, 1) for t in out.intermediates])
             steps = out.sequential_steps

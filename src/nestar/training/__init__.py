@@ -1,5 +1,10 @@
-"""One trainer for every model, checkpoints, EMA."""
-from nestar.training.checkpoint import CheckpointError
+"""One trainer for every model, safetensors checkpoints, EMA."""
+from nestar.training.checkpoint import (
+    CheckpointError, load_checkpoint, load_pretrained, read_checkpoint_config, save_checkpoint, save_pretrained,
+)
 from nestar.training.trainer import Trainer, TrainingDivergedError, TrainResult
 
-__all__ = ["CheckpointError", "Trainer", "TrainResult", "TrainingDivergedError"]
+__all__ = [
+    "CheckpointError", "Trainer", "TrainResult", "TrainingDivergedError", "load_checkpoint", "load_pretrained",
+    "read_checkpoint_config", "save_checkpoint", "save_pretrained",
+]

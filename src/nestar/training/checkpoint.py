@@ -33,7 +33,10 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
 
 def save_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module], optimizer: Optional[torch.optim.Optimizer],
                     step: int, config, extra: Optional[dict] = None) -> Path:
-    """Write a full training checkpoint atomically (temp file + fsync + rename)."""
+    """Write a full training checkpoint atomically (temp file + fsync + rename).
+
+    A crash mid-write leaves the previous file at `path` untouched, so a run can always resume.
+    """
     from nestar.registry import config_to_dict
 
     tensors = {f"model.{k}": _cpu(v) for k, v in model.state_dict().items()}
@@ -47,6 +50,8 @@ def save_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module], optimiz
                 tensors[f"optim.{idx}.{name}"] = _cpu(torch.as_tensor(value))
         groups = sd["param_groups"]
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # the loss draws noise on the GPU
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {
         "format": FORMAT_VERSION,
         "config": json.dumps(config_to_dict(config)),
@@ -119,9 +124,14 @@ def load_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module] = None,
             if k.startswith("optim."):
                 _, idx, name = k.split(".", 2)
                 state.setdefault(int(idx), {})[name] = v
-        optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        try:
+            optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        except (ValueError, KeyError) as e:  # torch raises ValueError for group/size mismatches
+            raise CheckpointError(f"checkpoint {path}: optimizer state does not fit ({e})") from e
     if restore_rng:
         torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
     return {"step": int(meta["step"]), "extra": json.loads(meta["extra"]), "config": saved}
 
 
@@ -144,7 +154,10 @@ def load_pretrained(directory):
     cfg_path, w_path = directory / "config.json", directory / "model.safetensors"
     if not cfg_path.is_file() or not w_path.is_file():
         raise CheckpointError(f"{directory} is not a saved model (expected config.json and model.safetensors)")
-    config = RunConfig.from_dict(json.loads(cfg_path.read_text()))
+    try:
+        config = RunConfig.from_dict(json.loads(cfg_path.read_text()))
+    except (json.JSONDecodeError, ValueError) as e:  # ConfigError is a ValueError
+        raise CheckpointError(f"{cfg_path} is not a valid run config: {e}") from e
     model = build_model(config)
     try:
         with safe_open(str(w_path), framework="pt") as f:

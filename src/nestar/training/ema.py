@@ -1,4 +1,8 @@
-"""Exponential moving average of model weights, kept as a module (saved next to the model)."""
+"""Exponential moving average of model weights, kept as a plain module copy.
+
+The EMA is an ordinary nn.Module (same class as the model), so it is saved, exported and sampled
+from exactly like the model itself.
+"""
 from __future__ import annotations
 
 import copy
@@ -12,14 +16,32 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
-class EMA:
-    def __init__(self, model: nn.Module):
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+def make_ema(model: nn.Module) -> nn.Module:
+    """A frozen eval-mode copy of `model` that `update_ema` averages into."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
 
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int, decay: float) -> None:
-        d = ema_decay_at(step, decay)
-        for e, p in zip(self.module.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1.0 - d)
-        for e, b in zip(self.module.buffers(), model.buffers()):
-            e.copy_(b)
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, step: int, decay: float) -> float:
+    """ema <- d * ema + (1 - d) * model with d = ema_decay_at(step, decay); buffers are copied.
+
+    Returns the decay used.
+    """
+    d = ema_decay_at(step, decay)
+    e_params, m_params = list(ema.parameters()), list(model.parameters())
+    if len(e_params) != len(m_params):
+        raise ValueError(f"EMA has {len(e_params)} parameters but the model {len(m_params)}")
+    torch._foreach_lerp_(e_params, [p.detach() for p in m_params], 1.0 - d)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+    return d
+
+
+class EMA:
+    """Object form of the functions above: `.module` holds the averaged copy (Trainer.ema is that module)."""
+
+    def __init__(self, model: nn.Module):
+        self.module = make_ema(model)
+
+    def update(self, model: nn.Module, step: int, decay: float) -> float:
+        return update_ema(self.module, model, step, decay)
