@@ -20,7 +20,7 @@ from nestar.models.nestar import NestAR, NestARConfig
 from nestar.models.mar import MAR, MARConfig
 from nestar.models.nextscale import NextScaleAR, NextScaleConfig
 from nestar.models.raster import RasterAR, RasterARConfig
-from nestar.tokenizers import TokenizerConfig, build_tokenizer
+from nestar.tokenizers import TokenizerConfig, tokenizer_geometry
 
 # model_type -> (config class, model class). Baselines register here too.
 MODELS: dict[str, tuple[type, type]] = {"nestar": (NestARConfig, NestAR)}
@@ -93,8 +93,9 @@ class RunConfig:
             model = to_dict(model)
         # Derived fields come from data + tokenizer before the model config validates itself,
         # so `--tokenizer.patch_size=2 --model.k=2` is checked as a whole.
-        tok = build_tokenizer(cfg.tokenizer, cfg.data.image_size, cfg.data.channels)
-        model = {**model, "grid_size": tok.grid_size, "token_dim": tok.token_dim, "num_classes": cfg.data.num_classes}
+        # Geometry only: parsing a config never builds a tokenizer or reads VAE weights.
+        grid_size, token_dim = tokenizer_geometry(cfg.tokenizer, cfg.data.image_size, cfg.data.channels)
+        model = {**model, "grid_size": grid_size, "token_dim": token_dim, "num_classes": cfg.data.num_classes}
         cfg.model = from_dict(model_cls, model, prefix="model.")
         return cfg
 
@@ -114,6 +115,8 @@ def config_to_dict(cfg: RunConfig) -> dict:
 
 # ----- presets -------------------------------------------------------------------------------
 PRESETS: dict[str, Callable[[], RunConfig]] = {}
+# Tiny presets (tests, smoke runs): seconds per hundred steps on a CPU.
+_TINY_TRAIN = dict(steps=20, batch_size=8, warmup_steps=2, log_every=5, sample_every=0, ckpt_every=10, bf16=False)
 
 
 def preset(name: str):
@@ -161,7 +164,7 @@ def _nestar_tiny() -> RunConfig:
     return RunConfig(
         model=NestARConfig(k=4, dim=32, depth=1, z_dim=32, head_dim=16, head=FlowHeadConfig(width=32, depth=1, num_steps=4)),
         tokenizer=TokenizerConfig(patch_size=4),
-        train=TrainConfig(steps=20, batch_size=8, warmup_steps=2, log_every=5, sample_every=0, ckpt_every=10, bf16=False),
+        train=TrainConfig(**_TINY_TRAIN),
         sample=SampleConfig(cfg=2.0, num_steps=4),
     )
 
@@ -171,7 +174,7 @@ def _arinar_s() -> RunConfig:
     """ARINAR baseline matched to nestar-s: MAR 12+12 blocks x 256, inner-AR GMM head (K=4), 64 steps."""
     return RunConfig(
         model_type="arinar",
-        model=ARINARConfig(dim=256, enc_depth=12, dec_depth=12, num_iter=64, head=GMMHeadConfig(width=256, depth=1, num_gaussians=4)),
+        model=ARINARConfig(dim=256, enc_depth=12, dec_depth=12, buffer_size=64, num_iter=64, head=GMMHeadConfig(width=256, depth=1, num_gaussians=4)),
         tokenizer=TokenizerConfig(patch_size=2),
     )
 
@@ -184,13 +187,12 @@ def _arinar_tiny() -> RunConfig:
         model=ARINARConfig(dim=32, enc_depth=1, dec_depth=1, head_dim=16, buffer_size=2, num_iter=8,
                            head=GMMHeadConfig(width=32, depth=1, num_heads=2, num_candidates=100)),
         tokenizer=TokenizerConfig(patch_size=4),
-        train=TrainConfig(steps=20, batch_size=8, warmup_steps=2, log_every=5, sample_every=0, ckpt_every=10, bf16=False),
+        train=TrainConfig(**_TINY_TRAIN),
         sample=SampleConfig(cfg=2.0, num_steps=4),
     )
 
 
 # ----- baselines matched to nestar-s (same data, tokenizer, head and head steps) ----------------
-_TINY_TRAIN = dict(steps=20, batch_size=8, warmup_steps=2, log_every=5, sample_every=0, ckpt_every=10, bf16=False)
 
 
 @preset("raster-s")
