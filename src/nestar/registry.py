@@ -50,13 +50,24 @@ class TrainConfig:
     sample_every: int = 1000  # 0 = never
     ckpt_every: int = 500
     num_workers: int = 0
-    device: str = "auto"  # 'auto' = cuda if available else cpu
+    device: str = "auto"  # 'auto' = cuda if available else cpu (cuda:LOCAL_RANK under torchrun)
+    # Scale-out (docs/scaling.md). batch_size is the GLOBAL batch: world_size x grad_accum x micro-batch.
+    grad_accum: int = 1  # micro-batches per process per step (gradients accumulated, one optimizer step)
+    parallel: str = "ddp"  # under torchrun: 'ddp' (replicated weights) or 'fsdp' (FSDP2 fully_shard per block)
+    activation_checkpointing: bool = False  # recompute transformer / head block activations in backward
+    compile: bool = False  # torch.compile each transformer block
+    allow_world_size_change: bool = False  # resume a checkpoint written by another number of processes
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("train.steps and train.batch_size must be >= 1")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
+        if self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise ValueError(f"train.grad_accum must be >= 1 and divide train.batch_size={self.batch_size}, "
+                             f"got {self.grad_accum}")
 
 
 @dataclass
@@ -260,6 +271,58 @@ def _nextscale_tiny() -> RunConfig:
         train=TrainConfig(**_TINY_TRAIN),
         sample=SampleConfig(cfg=2.0, num_steps=4),
     )
+
+
+# ----- ImageNet 256x256 with the KL-16 VAE (docs/scaling.md) --------------------------------------
+# 16x16 grid of 16-d latents, k=4: M=4 modules, 13 sequential steps. Widths and head sizes follow
+# MAR-B/L/H (768/1024/1280; flow head 1024x6 / 1280x8 / 1536x12); the 24/32/40 transformer blocks of
+# MAR's encoder+decoder are split evenly over the 4 modules (the first module keeps full size: a
+# too-small first module is known to cut diversity). Parameters (build_model(...).num_params()):
+# nestar-b 212.9M, nestar-l 486.0M, nestar-h 953.3M (MAR-B/L/H: 208M/479M/943M).
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def _imagenet(dim: int, depth: int, head_width: int, head_depth: int, *, grad_accum: int, parallel: str,
+              batch: int = 2048, epochs: int = 800, warmup_epochs: int = 100, blr: float = 1e-4) -> RunConfig:
+    """MAR's recipe: AdamW(0.9, 0.95), weight decay 0.02, lr = blr * global batch / 256 (8e-4 at 2048),
+    constant after a linear warm-up of 100 epochs, EMA 0.9999, grad clip 3.0, bf16, label dropout 0.1,
+    800 epochs. Epochs -> steps: 1,281,167 // 2048 = 625 steps per epoch (the sampler drops the last
+    partial batch): warm-up 62,500 steps, 500,000 steps in all. Keep lr proportional to the global
+    batch if you change it (--train.batch_size=B --train.lr=1e-4*B/256). `grad_accum` is set for
+    1 node x 8 GPUs (micro-batch = 2048 / (8 x grad_accum) per GPU); set it so that
+    world_size x grad_accum x micro-batch = 2048 on other clusters. data.data_dir must point at the
+    ImageNet train folder (one sub-folder per class) and tokenizer.path at a local kl16.ckpt."""
+    per_epoch = IMAGENET_TRAIN_IMAGES // batch
+    return RunConfig(
+        model=NestARConfig(k=4, order="lattice", dim=dim, depth=depth, z_dim=dim, head_dim=64, label_dropout=0.1,
+                           head=FlowHeadConfig(width=head_width, depth=head_depth, batch_mul=4, num_steps=50)),
+        data=DataConfig(name="folder", data_dir="data/imagenet/train", image_size=256, channels=3, num_classes=1000),
+        tokenizer=TokenizerConfig(name="kl16"),
+        train=TrainConfig(steps=epochs * per_epoch, batch_size=batch, lr=blr * batch / 256,
+                          warmup_steps=warmup_epochs * per_epoch, lr_schedule="constant", weight_decay=0.02,
+                          betas=(0.9, 0.95), grad_clip=3.0, ema_decay=0.9999, bf16=True, log_every=100,
+                          sample_every=10_000, ckpt_every=5_000, num_workers=8, grad_accum=grad_accum,
+                          parallel=parallel),
+        sample=SampleConfig(cfg=3.0, cfg_schedule="linear", temperature=1.0, num_steps=50),  # not tuned
+    )
+
+
+@preset("nestar-b")
+def _nestar_b() -> RunConfig:
+    """ImageNet 256, KL-16, 212.9M parameters (MAR-B sized): 4 modules x 6 blocks x 768, head 1024x6."""
+    return _imagenet(768, 6, 1024, 6, grad_accum=2, parallel="ddp")
+
+
+@preset("nestar-l")
+def _nestar_l() -> RunConfig:
+    """ImageNet 256, KL-16, 486.0M parameters (MAR-L sized): 4 modules x 8 blocks x 1024, head 1280x8."""
+    return _imagenet(1024, 8, 1280, 8, grad_accum=4, parallel="ddp")
+
+
+@preset("nestar-h")
+def _nestar_h() -> RunConfig:
+    """ImageNet 256, KL-16, 953.3M parameters (MAR-H sized): 4 modules x 10 blocks x 1280, head 1536x12."""
+    return _imagenet(1280, 10, 1536, 12, grad_accum=4, parallel="fsdp")
 
 
 def load_run_config(data: dict, overrides: Optional[list[str]] = None) -> RunConfig:

@@ -12,6 +12,9 @@ COMMANDS = {
     "demo": "nestar.cli.demo",
     "presets": "nestar.cli.presets",
     "bench": "nestar.cli.bench",
+    "train-tokenizer": "nestar.cli.train_tokenizer",
+    "cache-latents": "nestar.cli.cache_latents",
+    "eval": "nestar.cli.eval",
 }
 
 

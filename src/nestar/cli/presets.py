@@ -19,9 +19,12 @@ def run(args: argparse.Namespace) -> int:
         cfg = resolve(apply_overrides(get_preset(args.show), args.overrides))
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
+    import torch
+
     for name in sorted(PRESETS):
         cfg = get_preset(name)
-        model = build_model(cfg)
+        with torch.device("meta"):  # sizes only: no memory or init time for the ~1B-parameter ImageNet presets
+            model = build_model(cfg)
         doc = (PRESETS[name].__doc__ or "").strip().splitlines()[0]
         print(f"{name:16s} {cfg.model_type:10s} {model.num_params() / 1e6:6.2f}M params  "
               f"{model.sequential_steps():4d} steps  {doc}")

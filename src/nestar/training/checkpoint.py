@@ -2,7 +2,9 @@
 
 Nothing is ever unpickled. A checkpoint holds `model.*` and `ema.*` weights, the AdamW state
 (`optim.<param index>.<name>`), the torch RNG state, and in its metadata the resolved run config,
-the step, the optimiser's param groups and free-form `extra` JSON.
+the step, the optimiser's param groups, the data-parallel layout (`world_size`, `grad_accum`) and
+free-form `extra` JSON. A distributed run writes the same single file from rank 0 (FSDP state is
+gathered first, see training/distributed.py); checkpoints without a layout read as 1 process.
 """
 from __future__ import annotations
 
@@ -32,23 +34,33 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
 
 
 def save_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module], optimizer: Optional[torch.optim.Optimizer],
-                    step: int, config, extra: Optional[dict] = None) -> Path:
+                    step: int, config, extra: Optional[dict] = None, world_size: int = 1, grad_accum: int = 1) -> Path:
     """Write a full training checkpoint atomically (temp file + fsync + rename).
 
     A crash mid-write leaves the previous file at `path` untouched, so a run can always resume.
     """
+    return write_checkpoint(path, model_state=model.state_dict(), ema_state=ema.state_dict() if ema is not None else None,
+                            optimizer_state=optimizer.state_dict() if optimizer is not None else None, step=step,
+                            config=config, extra=extra, world_size=world_size, grad_accum=grad_accum)
+
+
+def write_checkpoint(path, *, model_state: dict, ema_state: Optional[dict], optimizer_state: Optional[dict], step: int,
+                     config, extra: Optional[dict] = None, world_size: int = 1, grad_accum: int = 1) -> Path:
+    """`save_checkpoint` from state dicts (e.g. full state dicts gathered from FSDP shards on rank 0).
+
+    `optimizer_state` is index-based, as `torch.optim.Optimizer.state_dict()` returns it.
+    """
     from nestar.registry import config_to_dict
 
-    tensors = {f"model.{k}": _cpu(v) for k, v in model.state_dict().items()}
-    if ema is not None:
-        tensors.update({f"ema.{k}": _cpu(v) for k, v in ema.state_dict().items()})
+    tensors = {f"model.{k}": _cpu(v) for k, v in model_state.items()}
+    if ema_state is not None:
+        tensors.update({f"ema.{k}": _cpu(v) for k, v in ema_state.items()})
     groups = []
-    if optimizer is not None:
-        sd = optimizer.state_dict()
-        for idx, state in sd["state"].items():
+    if optimizer_state is not None:
+        for idx, state in optimizer_state["state"].items():
             for name, value in state.items():
                 tensors[f"optim.{idx}.{name}"] = _cpu(torch.as_tensor(value))
-        groups = sd["param_groups"]
+        groups = optimizer_state["param_groups"]
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # the loss draws noise on the GPU
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -58,6 +70,8 @@ def save_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module], optimiz
         "step": str(step),
         "param_groups": json.dumps(groups),
         "extra": json.dumps(extra or {}),
+        "world_size": str(world_size),
+        "grad_accum": str(grad_accum),
     }
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return Path(path)
@@ -76,6 +90,48 @@ def _read(path) -> tuple[dict, dict[str, torch.Tensor]]:
     if meta.get("format") != FORMAT_VERSION or "config" not in meta:
         raise CheckpointError(f"{path} is not a nestar checkpoint (format {meta.get('format')!r}, expected {FORMAT_VERSION})")
     return meta, tensors
+
+
+def _open(path):
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+
+
+def _info(meta: dict) -> dict:
+    return {"step": int(meta["step"]), "extra": json.loads(meta["extra"]), "config": json.loads(meta["config"]),
+            "world_size": int(meta.get("world_size", 1)), "grad_accum": int(meta.get("grad_accum", 1))}
+
+
+def read_checkpoint_info(path) -> dict:
+    """{'step', 'extra', 'config', 'world_size', 'grad_accum'} from the header only (no tensor is read)."""
+    with _open(path) as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT_VERSION or "config" not in meta:
+        raise CheckpointError(f"{path} is not a nestar checkpoint (format {meta.get('format')!r}, expected {FORMAT_VERSION})")
+    return _info(meta)
+
+
+def read_optimizer_state(path) -> dict:
+    """The index-based optimizer state dict stored in a checkpoint ({'state', 'param_groups'}), CPU tensors."""
+    read_checkpoint_info(path)  # validates the format
+    try:
+        with _open(path) as f:
+            meta = f.metadata()
+            state: dict = {}
+            for k in f.keys():
+                if k.startswith("optim."):
+                    _, idx, name = k.split(".", 2)
+                    state.setdefault(int(idx), {})[name] = f.get_tensor(k)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+    return {"state": state, "param_groups": json.loads(meta["param_groups"])}
 
 
 def read_checkpoint_config(path) -> dict:
@@ -132,7 +188,7 @@ def load_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module] = None,
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return {"step": int(meta["step"]), "extra": json.loads(meta["extra"]), "config": saved}
+    return _info(meta)
 
 
 def save_pretrained(directory, model: nn.Module, config) -> Path:

@@ -2,25 +2,35 @@
 sample grids, CSV log, atomic checkpoints, auto-resume, and a NaN stop that keeps the last good
 checkpoint.
 
-Resuming is exact: the batch at step s is a function of (seed, s) (see data_order), the RNG state
-is stored in the checkpoint, and the LR / EMA decay are functions of the step.
+Resuming is exact: the batch at step s is a function of (seed, s) (see data_order), the training
+randomness of each micro-batch is re-seeded from (seed, step, global micro-batch index), and the LR /
+EMA decay are functions of the step.
+
+Under torchrun the same Trainer runs data-parallel (DDP or FSDP2, `train.parallel`), with gradient
+accumulation (`train.grad_accum`); rank 0 alone logs, samples and writes checkpoints. See
+training/distributed.py and docs/scaling.md.
 """
 from __future__ import annotations
 
 import csv
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from tqdm import tqdm
 
-from nestar.config import save_json
+from nestar.config import ConfigError, save_json
 from nestar.data import build_dataset, to_float
 from nestar.registry import RunConfig, build_model, config_to_dict, resolve
 from nestar.tokenizers import build_tokenizer
-from nestar.training.checkpoint import load_checkpoint, save_checkpoint, save_pretrained
+from nestar.training import distributed as D
+from nestar.training.checkpoint import (
+    CheckpointError, check_config, load_checkpoint, read_checkpoint_info, read_optimizer_state, save_checkpoint,
+    save_pretrained, write_checkpoint,
+)
 from nestar.training.data_order import StepBatchSampler, collate
 from nestar.training.ema import make_ema, update_ema
 from nestar.training.lr import apply_hparams, lr_at, make_optimizer
@@ -49,49 +59,131 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class _MicroBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """This rank's share of each step's global batch (StepBatchSampler), cut into grad_accum micro-batches."""
+
+    def __init__(self, steps: StepBatchSampler, grad_accum: int):
+        self.steps, self.accum = steps, grad_accum
+
+    def __iter__(self):
+        for idx in self.steps:
+            size = len(idx) // self.accum
+            for j in range(self.accum):
+                yield idx[j * size:(j + 1) * size]
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
 class Trainer:
     """Trains `build_model(cfg)` on `cfg.data` (or `dataset`); re-creating it on the same run_dir resumes.
 
-    Attributes: `model`, `ema` (an eval-mode copy holding the EMA weights), `tokenizer`, `optimizer`,
-    `device`, `step` (updates done so far).
+    `dataset` items are (uint8 image [C, H, W], label), encoded by the tokenizer each step, or
+    (float tokens [L, C], label), used as they are (a latent cache: `data.latents.CachedLatentDataset`).
+
+    Attributes: `model` (the model; its parameters are DTensor shards under FSDP), `ema` (an
+    eval-mode copy holding the EMA weights; under FSDP refreshed at checkpoints, sample grids and the
+    end of `fit`), `tokenizer`, `optimizer`, `device`, `dist` (DistEnv: rank, world size, backend),
+    `step` (updates done so far).
     """
 
     def __init__(self, cfg: RunConfig, run_dir, *, resume: bool = True, progress: bool = True, dataset=None):
         cfg = resolve(cfg)
+        tc = cfg.train
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
-        self.device = resolve_device(cfg.train.device)
-        torch.manual_seed(cfg.train.seed)
+        self.dist = env = D.init_distributed(tc.device)
+        self.device = env.device
+        self.fsdp = env.enabled and tc.parallel == "fsdp"
+        micro_batches = env.world_size * tc.grad_accum
+        if tc.batch_size % micro_batches:
+            raise ConfigError(f"train.batch_size={tc.batch_size} (the global batch) must be divisible by world_size x "
+                              f"train.grad_accum = {env.world_size} x {tc.grad_accum}")
+        torch.manual_seed(tc.seed)  # the same initial weights on every rank
         tok = build_tokenizer(cfg.tokenizer, cfg.data.image_size, cfg.data.channels)
         self.tokenizer = tok.to(self.device).eval().requires_grad_(False)  # frozen (VAE tokenizers too)
         self.model = build_model(cfg).to(self.device)
         self.ema = make_ema(self.model)
-        self.optimizer = make_optimizer(self.model, cfg.train)
+        self.optimizer = None if self.fsdp else make_optimizer(self.model, tc)
         self.dataset = dataset if dataset is not None else build_dataset(cfg.data, "train")
         self.ckpt_path = self.run_dir / "checkpoints" / "last.safetensors"
         self.step = 0
         self.ckpt_step: Optional[int] = None  # step of the last checkpoint this run wrote or resumed from
-        if resume and self.ckpt_path.exists():  # a mismatch raises before anything is written
+        found = resume and self.ckpt_path.exists()
+        every, anyone = D.all_agree(found, env)
+        if every != anyone:
+            raise CheckpointError(f"{self.ckpt_path} exists for some ranks but not others: the run directory must be "
+                                  f"on a file system shared by all nodes")
+        if found:  # a mismatch raises before anything is written
+            info = read_checkpoint_info(self.ckpt_path)
+            check_config(self.ckpt_path, info["config"], cfg)
+            notice = D.check_world_size(
+                self.ckpt_path, {**info, "batch_size": info["config"].get("train", {}).get("batch_size", tc.batch_size)},
+                world_size=env.world_size, grad_accum=tc.grad_accum, batch_size=tc.batch_size,
+                allow=tc.allow_world_size_change)
+            if notice and env.is_main:
+                print(f"nestar: {notice}", flush=True)
             state = load_checkpoint(self.ckpt_path, model=self.model, ema=self.ema, optimizer=self.optimizer,
                                     config=cfg, restore_rng=True)
             self.step = self.ckpt_step = state["step"]
-            apply_hparams(self.optimizer, cfg.train)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_json(config_to_dict(cfg), self.run_dir / "config.json")
-        self._trim_log()
+        if tc.activation_checkpointing:
+            D.apply_activation_checkpointing(self.model)
+        if tc.compile:
+            D.compile_blocks(self.model)
+        self._root = D.LossModule(self.model)
+        self._sharded_ema: Optional[D.ShardedEMA] = None
+        if self.fsdp:
+            D.shard_fsdp(self._root, self.model, env, bf16=tc.bf16)
+            self.optimizer = make_optimizer(self.model, tc)
+            self._sharded_ema = D.ShardedEMA(self.model, self.ema)
+            if found:
+                try:
+                    D.load_sharded_optimizer(self.optimizer, read_optimizer_state(self.ckpt_path))
+                except (ValueError, KeyError) as e:
+                    raise CheckpointError(f"checkpoint {self.ckpt_path}: optimizer state does not fit ({e})") from e
+            self._train_module = self._root
+        elif env.enabled:
+            self._train_module = D.wrap_ddp(self._root, env)
+        else:
+            self._train_module = self._root
+        if found:
+            apply_hparams(self.optimizer, tc)
+        if env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_json(config_to_dict(cfg), self.run_dir / "config.json")
+            self._trim_log()
+        D.barrier(env)
 
     # -- pieces ------------------------------------------------------------------------------
     def _batches(self):
-        tc = self.cfg.train
-        sampler = StepBatchSampler(len(self.dataset), tc.batch_size, tc.seed, self.step)
+        """Micro-batches of this rank: grad_accum per step, from the global (seed, step) data order."""
+        tc, env = self.cfg.train, self.dist
+        steps = StepBatchSampler(len(self.dataset), tc.batch_size, tc.seed, self.step, env.rank, env.world_size)
         # An own generator: the default one would draw from the global RNG and break exact resume.
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
-                                             num_workers=tc.num_workers, pin_memory=self.device.type == "cuda",
-                                             generator=torch.Generator().manual_seed(tc.seed + self.step))
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=_MicroBatchSampler(steps, tc.grad_accum),
+                                             collate_fn=collate, num_workers=tc.num_workers,
+                                             pin_memory=self.device.type == "cuda",
+                                             generator=torch.Generator().manual_seed(tc.seed + self.step + 7919 * env.rank))
         return iter(loader)
 
+    def _sync_ema(self) -> None:
+        """Under FSDP, gather the EMA shards into `self.ema` (collective); a no-op otherwise."""
+        if self._sharded_ema is not None:
+            self._sharded_ema.gather_into(self.ema, buffers_from=self.model)
+
     def _save(self, loss: float) -> None:
-        save_checkpoint(self.ckpt_path, model=self.model, ema=self.ema, optimizer=self.optimizer,
-                        step=self.step, config=self.cfg, extra={"loss": loss})
+        """Checkpoint (collective under FSDP): rank 0 writes the single file, then all ranks wait for it."""
+        tc, env = self.cfg.train, self.dist
+        layout = dict(world_size=env.world_size, grad_accum=tc.grad_accum)
+        if self.fsdp:
+            model_sd, optim_sd = D.gather_fsdp_state(self._root, self.optimizer)
+            self._sync_ema()
+            if env.is_main:
+                write_checkpoint(self.ckpt_path, model_state=model_sd, ema_state=self.ema.state_dict(),
+                                 optimizer_state=optim_sd, step=self.step, config=self.cfg, extra={"loss": loss}, **layout)
+        elif env.is_main:
+            save_checkpoint(self.ckpt_path, model=self.model, ema=self.ema, optimizer=self.optimizer,
+                            step=self.step, config=self.cfg, extra={"loss": loss}, **layout)
+        D.barrier(env)
         self.ckpt_step = self.step
 
     def _trim_log(self) -> None:
@@ -124,36 +216,77 @@ class Trainer:
     @torch.no_grad()
     def sample_grid(self, path, per_class: int = 8) -> Path:
         """A PNG of EMA samples, one row per class, from the fixed seed in cfg.sample."""
-        s = self.cfg.sample
-        labels = torch.arange(self.cfg.data.num_classes).repeat_interleave(per_class)
+        s, n = self.cfg.sample, self.cfg.data.num_classes
+        # At most 16 rows (evenly spaced classes): ImageNet's 1000 classes would take 8000 samples.
+        classes = torch.arange(n) if n <= 16 else torch.linspace(0, n - 1, 16).round().long()
+        labels = classes.repeat_interleave(per_class)
         out = self.ema.sample(labels, cfg=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
                               num_steps=s.num_steps, generator=torch.Generator().manual_seed(s.seed))
-        return save_grid(self.tokenizer.decode(out.tokens).clamp(-1, 1), path, nrow=per_class, scale=2)
+        images = torch.cat([self.tokenizer.decode(t).clamp(-1, 1) for t in out.tokens.split(64)])
+        return save_grid(images, path, nrow=per_class, scale=2 if self.cfg.data.image_size <= 64 else 1)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """One update; raises TrainingDivergedError before touching weights if loss or grad is not finite."""
-        tc = self.cfg.train
-        with torch.no_grad():
-            tokens_BLC = self.tokenizer.encode(to_float(images.to(self.device, non_blocking=True)))
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-            out = self.model.loss({"tokens": tokens_BLC, "labels": labels.to(self.device)})
-        loss = out["loss"].float()
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(self._diverged_msg("loss", loss.item()))
+        """One update from this rank's batch (cut into grad_accum micro-batches).
+
+        Raises TrainingDivergedError before touching weights if the loss or gradient is not finite.
+        """
+        accum = self.cfg.train.grad_accum
+        if images.shape[0] % accum:
+            raise ValueError(f"a batch of {images.shape[0]} cannot be cut into train.grad_accum={accum} micro-batches")
+        parts = list(zip(images.chunk(accum), labels.chunk(accum)))
+        return self._step(lambda j: parts[j])
+
+    @torch.no_grad()
+    def _tokens(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, C, H, W) -> tokens via the tokenizer; float (B, L, C) batches already are tokens
+        (e.g. `data.latents.CachedLatentDataset`, whose (z - shift) * scale follows the tokenizer config)."""
+        batch = batch.to(self.device, non_blocking=True)
+        if batch.ndim == 3 and batch.is_floating_point():
+            return batch
+        return self.tokenizer.encode(to_float(batch))
+
+    def _step(self, fetch: Callable[[int], tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """One optimizer step over grad_accum micro-batches `fetch(0..grad_accum-1)` of this rank.
+
+        Before each micro-batch the global RNG is seeded from (seed, step, rank * grad_accum + j), so
+        fetching (random datasets), encoding and the loss draw the same numbers for the same global
+        micro-batch whatever the number of processes.
+        """
+        tc, env = self.cfg.train, self.dist
+        accum = tc.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        keys, total = None, None
+        for j in range(accum):
+            torch.manual_seed(D.micro_batch_seed(tc.seed, self.step, env.rank * accum + j))
+            images, labels = fetch(j)
+            with D.grad_sync(self._train_module, j == accum - 1):
+                tokens_BLC = self._tokens(images)
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+                    out = self._train_module({"tokens": tokens_BLC, "labels": labels.to(self.device)})
+                loss = out["loss"].float()
+                if not env.enabled and not torch.isfinite(loss):  # distributed: checked on the reduced loss below
+                    raise TrainingDivergedError(self._diverged_msg("loss", loss.item()))
+                (loss / accum).backward()
+            keys = keys or [k for k in out if k != "loss"]
+            vals = torch.stack([loss.detach()] + [out[k].detach().float() for k in keys])
+            total = vals if total is None else total + vals
+        stats = D.all_reduce_mean(total / accum, env).tolist()  # mean over all micro-batches of all ranks
+        if not math.isfinite(stats[0]):
+            raise TrainingDivergedError(self._diverged_msg("loss", stats[0]))
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        gnorm = D.full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         if not torch.isfinite(gnorm):
             raise TrainingDivergedError(self._diverged_msg("gradient norm", gnorm.item()))
         lr = lr_at(self.step, tc)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.step()
-        update_ema(self.ema, self.model, self.step, tc.ema_decay)
+        if self._sharded_ema is not None:
+            self._sharded_ema.update(self.step, tc.ema_decay)
+        else:
+            update_ema(self.ema, self.model, self.step, tc.ema_decay)
         self.step += 1
-        parts = {k: float(v) for k, v in out.items() if k != "loss"}
-        return {"loss": loss.item(), **parts, "lr": lr, "grad_norm": gnorm.item()}
+        return {"loss": stats[0], **dict(zip(keys, stats[1:])), "lr": lr, "grad_norm": gnorm.item()}
 
     def _diverged_msg(self, what: str, value: float) -> str:
         if self.ckpt_step is not None:
@@ -165,35 +298,44 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------------
     def fit(self, max_steps: Optional[int] = None) -> TrainResult:
-        """Train to cfg.train.steps (or stop early at global step `max_steps`, checkpointing there)."""
-        tc = self.cfg.train
+        """Train to cfg.train.steps (or stop early at global step `max_steps`, checkpointing there).
+
+        Under torchrun every rank calls it; all return the same TrainResult (rank 0 wrote the files).
+        """
+        tc, env = self.cfg.train, self.dist
         end = tc.steps if max_steps is None else min(tc.steps, max_steps)
         start_step, t0 = self.step, time.perf_counter()
         busy, last = 0.0, {"loss": float("nan")}
         self.model.train()
-        bar = tqdm(total=tc.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, desc="train")
+        bar = tqdm(total=tc.steps, initial=self.step, disable=not (self.progress and env.is_main), dynamic_ncols=True,
+                   desc="train")
         try:
             batches = self._batches() if self.step < end else None
             while self.step < end:
                 ts = time.perf_counter()
-                images, labels = next(batches)
-                last = self.train_step(images, labels)
+                last = self._step(lambda j: next(batches))
                 busy += time.perf_counter() - ts
                 ips = (self.step - start_step) * tc.batch_size / max(busy, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.0f}")
-                if (tc.log_every and self.step % tc.log_every == 0) or self.step == end:
+                if env.is_main and ((tc.log_every and self.step % tc.log_every == 0) or self.step == end):
                     self._log({"step": self.step, **{k: round(v, 6) for k, v in last.items()},
                                "images_per_sec": round(ips, 1), "elapsed_s": round(time.perf_counter() - t0, 1)})
                 if tc.sample_every and self.step % tc.sample_every == 0:
-                    self.sample_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png")
+                    self._sync_ema()
+                    if env.is_main:
+                        self.sample_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png")
                 if (tc.ckpt_every and self.step % tc.ckpt_every == 0) or self.step == end:
                     self._save(last["loss"])
         finally:
             bar.close()
+        D.barrier(env)
         if not self.ckpt_path.exists():  # nothing to do (step >= end) on a fresh, resume=False run dir
             self._save(last["loss"])
-        save_pretrained(self.run_dir / "model", self.ema, self.cfg)
+        self._sync_ema()
+        if env.is_main:
+            save_pretrained(self.run_dir / "model", self.ema, self.cfg)
+        D.barrier(env)
         return TrainResult(steps=self.step, final_loss=last["loss"], seconds=time.perf_counter() - t0,
                            images_per_sec=(self.step - start_step) * tc.batch_size / busy if busy else 0.0,
                            run_dir=self.run_dir, checkpoint=self.ckpt_path)
