@@ -1,5 +1,7 @@
-"""Shared fixtures: the `nestar-tiny` preset and a small slice of real Fashion-MNIST."""
+"""Shared fixtures: the `nestar-tiny` preset, a small slice of real Fashion-MNIST, a tiny Inception stand-in."""
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -32,3 +34,30 @@ def tiny_cfg() -> RunConfig:
     """`nestar-tiny` on CPU: 10 steps, checkpoint every 5, no sample grids."""
     return apply_overrides(get_preset("nestar-tiny"),
                            ["train.steps=10", "train.ckpt_every=5", "train.sample_every=0", "train.device='cpu'"])
+
+
+class FakeInception(torch.nn.Module):
+    """Mimics NVIDIA's inception-2015-12-05.pt calling convention on a tiny scale."""
+
+    def __init__(self, dim: int = 2048):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, dim)
+        self.head = torch.nn.Linear(dim, 1008)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False, use_fp16: bool = False,
+                no_output_bias: bool = False) -> torch.Tensor:
+        assert img.shape[1:] == (3, 299, 299)
+        f = torch.relu(self.proj(img.mean(dim=(2, 3)) / 255.0))
+        if return_features:
+            return f
+        return torch.softmax(self.head(f), dim=1)
+
+
+@pytest.fixture
+def fake_inception(tmp_path, monkeypatch) -> str:
+    monkeypatch.setenv("NESTAR_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "fake_inception.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(FakeInception(dim=16)).save(str(path))  # small features keep the test fast
+    return f"inception:{path}"

@@ -82,3 +82,37 @@ def test_options_quick_defaults_and_table():
         SpeedOptions(dtype="int8").resolved()
     t = markdown_table([{"a": 1.23456, "b": None}], [("a", "A", "{:.2f}"), ("b", "B", "{}")])
     assert "| 1.23 | - |" in t
+
+
+@pytest.mark.slow
+def test_bench_quality_quick_trains_evaluates_and_caches(tmp_path, capsys):
+    """Tiny presets through the whole quality harness: train, sample, evaluate, report, then a cached rerun."""
+    out, runs = tmp_path / "quality", tmp_path / "runs"
+    argv = ["bench", "quality", "--quick", "--quiet", "--suite", "models,ablations", "--only", "nestar,raster,nestar-zorder",
+            "--num-eval", "40", "--kid-subset-size", "20", "--out", str(out), "--runs-dir", str(runs),
+            "--train.steps=6", "--train.ckpt_every=6"]
+    assert _run_cli(argv) == 0
+    res = json.loads((out / "quality.json").read_text())
+    by = {r["name"]: r for r in res["rows"]}
+    assert list(by) == ["real (train split)", "nestar", "raster", "nestar-zorder"]
+    assert by["nestar"]["sequential_steps"] == 10 and by["raster"]["sequential_steps"] == 64
+    assert by["nestar-zorder"]["group"] == "order: lattice vs zorder"
+    for name in ("nestar", "raster", "nestar-zorder"):
+        r = by[name]
+        assert r["train_steps"] == 6 and r["num_eval"] == 40 and (out / "grids" / f"{name}.png").is_file()
+        assert 0 <= r["metrics"]["precision"] <= 1 and 0 <= r["metrics"]["class_agreement"] <= 1
+        # an untrained tiny model is far from real images; real train images are not
+        assert r["metrics"]["fid"] > 5 * by["real (train split)"]["metrics"]["fid"]
+    assert by["real (train split)"]["metrics"]["class_agreement"] > 0.8
+    md = (out / "quality.md").read_text()
+    assert "| nestar |" in md and "Ablation, order: lattice vs zorder" in md and "model.order=zorder" in md
+    assert (out / "models.png").is_file() and (out / "ablations.png").is_file()
+
+    capsys.readouterr()
+    assert _run_cli(argv) == 0  # finished entries come from the cache: same figures, no retraining
+    assert "nestar: cached" in capsys.readouterr().out
+    res2 = json.loads((out / "quality.json").read_text())
+    assert [r["metrics"]["fid"] for r in res2["rows"]] == [r["metrics"]["fid"] for r in res["rows"]]
+
+    with pytest.raises(ValueError, match="unknown entries"):
+        _run_cli(argv[:7] + ["nosuch"] + argv[8:])

@@ -258,6 +258,29 @@ def test_distributed_sample_matches_single_process(tmp_path):
     assert u8.dtype == torch.uint8 and u8.shape == (3, 1, 32, 32)
 
 
+def test_eval_under_torchrun_matches_single_process(tmp_path, fake_inception):
+    """`nestar eval` under torchrun: each rank samples its chunks, rank 0 scores them; same images as 1 process."""
+    import numpy as np
+
+    cfg = get_preset("nestar-tiny")
+    torch.manual_seed(0)
+    save_pretrained(tmp_path / "model", build_model(cfg), cfg)
+    common = ["-m", "nestar.cli.main", "eval", "--checkpoint", str(tmp_path / "model"), "--num-samples", "20",
+              "--batch-size", "4", "--num-steps", "3", "--extractor", fake_inception, "--no-classifier",
+              "--ref-max-images", "64", "--kid-subsets", "5", "--quiet"]
+    torchrun(common + ["--out", str(tmp_path / "two.json"), "--npz-out", str(tmp_path / "two.npz")])
+    r = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one.json"), "--npz-out", str(tmp_path / "one.npz")],
+                       env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-4000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert (one["sampling"]["world_size"], two["sampling"]["world_size"]) == (1, 2)
+    assert one["num_samples"] == two["num_samples"] == 20
+    with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / "two.npz") as b:
+        assert np.abs(a["arr_0"].astype(int) - b["arr_0"].astype(int)).max() <= 1  # uint8 rounding of ~1e-6
+        assert np.array_equal(a["arr_1"], b["arr_1"])
+    assert two["metrics"]["fid"] == pytest.approx(one["metrics"]["fid"], rel=1e-3, abs=1e-3)
+
+
 # ----- pieces, in one process ---------------------------------------------------------------------------
 def test_micro_batches_cover_the_global_batch_in_order():
     """Global micro-batch g = rank * grad_accum + j covers the same items for any world_size x grad_accum."""

@@ -9,6 +9,7 @@ import scipy.linalg
 import torch
 from scipy.spatial.distance import cdist
 
+from conftest import FakeInception
 from nestar.data import DataConfig, load_fashion_mnist, to_float
 from nestar.evaluation.classifier import SmallCNN
 from nestar.evaluation.extractors import ClassifierExtractor, InceptionTorchScript, build_extractor
@@ -190,27 +191,10 @@ def test_within_class_diversity():
 
 # --- extractors -------------------------------------------------------------------------------
 
-class _FakeInception(torch.nn.Module):
-    """Mimics NVIDIA's inception-2015-12-05.pt calling convention on a tiny scale."""
-
-    def __init__(self, dim: int = 2048):
-        super().__init__()
-        self.proj = torch.nn.Linear(3, dim)
-        self.head = torch.nn.Linear(dim, 1008)
-
-    def forward(self, img: torch.Tensor, return_features: bool = False, use_fp16: bool = False,
-                no_output_bias: bool = False) -> torch.Tensor:
-        assert img.shape[1:] == (3, 299, 299)
-        f = torch.relu(self.proj(img.mean(dim=(2, 3)) / 255.0))
-        if return_features:
-            return f
-        return torch.softmax(self.head(f), dim=1)
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_inception_torchscript_loads_resizes_and_replicates_gray(tmp_path):
     path = tmp_path / "fake_inception.pt"
-    torch.jit.script(_FakeInception()).save(str(path))
+    torch.jit.script(FakeInception()).save(str(path))
     ext = InceptionTorchScript(path)
     assert ext.feature_dim == 2048 and ext.has_logits
     images = torch.rand(5, 1, 32, 32) * 2 - 1
@@ -291,16 +275,6 @@ def test_fid_with_trained_classifier(fmnist_test_images):
 
 
 # --- `nestar eval` ----------------------------------------------------------------------------
-
-@pytest.fixture
-def fake_inception(tmp_path, monkeypatch) -> str:
-    monkeypatch.setenv("NESTAR_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "fake_inception.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(_FakeInception(dim=16)).save(str(path))  # small features keep the test fast
-    return f"inception:{path}"
-
 
 def _eval_args(extractor: str, **kw) -> list[str]:
     """`nestar eval` arguments with the fake Inception, a small reference subset and no classifier."""

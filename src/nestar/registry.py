@@ -160,6 +160,43 @@ def _nestar_fmnist() -> RunConfig:
     )
 
 
+# ----- baselines matched to nestar-fmnist (the quality benchmark, benchmarks/quality.py) -----------
+# Same data, tokenizer, training budget and sampling settings as the demo; the flow-head models share
+# its head (256 x 3, 25 steps). Sizes chosen so that parameter counts lie within 10% of nestar-fmnist.
+
+
+def _fmnist_like(model_type: str, model: Any) -> RunConfig:
+    base = _nestar_fmnist()
+    return RunConfig(model_type=model_type, model=model, data=base.data, tokenizer=base.tokenizer,
+                     train=base.train, sample=base.sample)
+
+
+@preset("raster-fmnist")
+def _raster_fmnist() -> RunConfig:
+    """Raster AR matched to nestar-fmnist: 12 causal blocks x 192, KV cache, 64 steps."""
+    return _fmnist_like("raster", RasterARConfig(dim=192, depth=12, z_dim=192, head=FlowHeadConfig(width=256, depth=3)))
+
+
+@preset("mar-fmnist")
+def _mar_fmnist() -> RunConfig:
+    """MAR matched to nestar-fmnist: encoder/decoder 6+6 blocks x 192, 64 buffer tokens, 64 steps."""
+    return _fmnist_like("mar", MARConfig(dim=192, enc_depth=6, dec_depth=6, buffer_size=64, num_iter=64,
+                                         head=FlowHeadConfig(width=256, depth=3)))
+
+
+@preset("arinar-fmnist")
+def _arinar_fmnist() -> RunConfig:
+    """ARINAR matched to nestar-fmnist: MAR 6+6 blocks x 192, inner-AR GMM head (K=4), 64 steps."""
+    return _fmnist_like("arinar", ARINARConfig(dim=192, enc_depth=6, dec_depth=6, buffer_size=64, num_iter=64,
+                                               head=GMMHeadConfig(width=256, depth=1, num_gaussians=4)))
+
+
+@preset("nextscale-fmnist")
+def _nextscale_fmnist() -> RunConfig:
+    """Next-scale (FlowAR-style) matched to nestar-fmnist: scales 1, 2, 4, 8, 12 blocks x 192, 4 steps."""
+    return _fmnist_like("nextscale", NextScaleConfig(dim=192, depth=12, z_dim=192, head=FlowHeadConfig(width=256, depth=3)))
+
+
 @preset("nestar-s")
 def _nestar_s() -> RunConfig:
     """Small NestAR on a 16x16 token grid (2x2 pixel patches), k=4: 13 sequential steps."""

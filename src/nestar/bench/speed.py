@@ -54,6 +54,7 @@ class SpeedOptions:
     threads: Optional[int] = None  # None: leave torch's setting
     repeats: Optional[int] = None  # timed calls per measurement (default 5, quick 2)
     warmup: Optional[int] = None  # untimed calls first (default 2, quick 1)
+    throughput_warmup: Optional[int] = None  # untimed calls at the throughput batch (default: warmup)
     batch_latency: int = 1
     batch_throughput: Optional[int] = None  # default 64, quick 8
     flops_batch: int = 2
@@ -73,6 +74,7 @@ class SpeedOptions:
         d["repeats"] = self.repeats or (2 if q else 5)
         d["warmup"] = self.warmup if self.warmup is not None else (1 if q else 2)
         d["batch_throughput"] = self.batch_throughput or (8 if q else 64)
+        d["throughput_warmup"] = self.throughput_warmup if self.throughput_warmup is not None else d["warmup"]
         d["growth_repeats"] = self.growth_repeats or min(d["repeats"], 3)
         d["grids"] = tuple(self.grids)
         if self.dtype not in DTYPES:
@@ -261,19 +263,21 @@ def measure_preset(name: str, opts: SpeedOptions, dev: torch.device) -> tuple[di
     row["latency_ms"] = statistics.median(lat) * 1e3  # per call at batch_latency
     bt = opts.batch_throughput
     thr_fn = _sample_fn(model, cfg, opts, bt, dev)
-    thr = _timed(thr_fn, opts.repeats, opts.warmup, dev)
-    row["throughput_img_s"] = bt / statistics.median(thr)
-    row["ms_per_img_batched"] = statistics.median(thr) * 1e3 / bt
     if dev.type == "cuda":
+        thr = _timed(thr_fn, opts.repeats, opts.throughput_warmup, dev)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
         thr_fn()
         _sync(dev)
         row["peak_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:
-        with _PeakRSS() as pk:
+    else:  # RSS is sampled during the timed calls: no extra call (minutes per call for MAR on a CPU)
+        for _ in range(opts.throughput_warmup):
             thr_fn()
+        with _PeakRSS() as pk:
+            thr = _timed(thr_fn, opts.repeats, 0, dev)
         row["peak_mem_mb"] = pk.delta / 2**20
+    row["throughput_img_s"] = bt / statistics.median(thr)
+    row["ms_per_img_batched"] = statistics.median(thr) * 1e3 / bt
     del model
     return row, cfg
 
@@ -327,6 +331,7 @@ def environment(opts: SpeedOptions, dev: torch.device) -> dict:
         "dtype": opts.dtype,
         "repeats": opts.repeats,
         "warmup": opts.warmup,
+        "throughput_warmup": opts.throughput_warmup,
         "batch_latency": opts.batch_latency,
         "batch_throughput": opts.batch_throughput,
         "flops_batch": opts.flops_batch,
@@ -449,7 +454,8 @@ def markdown_report(result: dict) -> str:
     parts = ["# Speed benchmark", ""]
     parts.append(f"{env['date']}; torch {env['torch']}; {env['device']} ({env['device_name']}); dtype {env['dtype']}; "
                  f"{env['threads']} threads of {env['cpu_count']} CPUs; cfg {env['cfg']} ({env['cfg_schedule']}); "
-                 f"head steps {env['head_steps']}; {env['warmup']} warm-up + median of {env['repeats']} timed calls; "
+                 f"head steps {env['head_steps']}; {env['warmup']} warm-up + median of {env['repeats']} timed calls "
+                 f"({env.get('throughput_warmup', env['warmup'])} warm-up at the throughput batch); "
                  f"latency at batch {env['batch_latency']}, throughput at batch {env['batch_throughput']}; "
                  f"FLOPs at batch {env['flops_batch']}; memory: {env['memory']}; decode {env['decode']}."
                  + (" QUICK (tiny configs)." if env["quick"] else ""))

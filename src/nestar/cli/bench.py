@@ -25,7 +25,7 @@ def _load(text: str) -> tuple[str, str]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (speed)")
+    p = sub.add_parser("bench", help="benchmarks (speed, quality)")
     bsub = p.add_subparsers(dest="bench_command", required=True)
     s = bsub.add_parser(
         "speed", help="steps, head NFE, FLOPs, latency, throughput, memory and growth of every model in one run",
@@ -42,6 +42,8 @@ def add_parser(sub) -> None:
     s.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     s.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 5; quick 2)")
     s.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls (default 2; quick 1)")
+    s.add_argument("--throughput-warmup", type=int, default=None,
+                   help="untimed calls at the throughput batch (default: --warmup; 0 is fair on CPU after the latency warm-up)")
     s.add_argument("--batch-latency", type=int, default=1, help="batch of the latency measurement")
     s.add_argument("--batch-throughput", type=int, default=None, help="batch of the throughput measurement (default 64; quick 8)")
     s.add_argument("--flops-batch", type=int, default=2, help="batch of the FLOP count (FLOPs are per image)")
@@ -57,13 +59,31 @@ def add_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=run)
 
+    q = bsub.add_parser(
+        "quality", help="train every model on one budget and evaluate each with the suite (FID, KID, P/R, ...)",
+        description="Train (or resume) each entry under --runs-dir, sample --num-eval images, evaluate against "
+                    "the cached test-split statistics and write quality.md / quality.json / models.png under "
+                    "--out. Finished entries are cached: rerunning continues an interrupted bench. "
+                    "Overrides (--section.key=value) apply to every entry.")
+    q.add_argument("--suite", type=_csv_list, default=["models"], help="models, ablations or both (comma-separated)")
+    q.add_argument("--only", type=_csv_list, default=None, help="comma-separated entry names (default: all)")
+    q.add_argument("--runs-dir", default="runs/quality", help="one run directory per entry")
+    q.add_argument("--out", default="benchmarks/results/quality", help="output directory")
+    q.add_argument("--num-eval", type=int, default=1000, help="samples per model (balanced labels)")
+    q.add_argument("--kid-subset-size", type=int, default=1000)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--quick", action="store_true", help="tiny presets: a smoke test of the harness")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.set_defaults(func=run_quality)
+
 
 def run(args: argparse.Namespace) -> int:
     from nestar.bench.speed import SpeedOptions, markdown_table, MAIN_COLUMNS, run_speed, write_report
 
     opts = SpeedOptions(
         presets=args.presets, out=args.out, device=args.device, dtype=args.dtype, threads=args.threads,
-        repeats=args.repeats, warmup=args.warmup, batch_latency=args.batch_latency,
+        repeats=args.repeats, warmup=args.warmup, throughput_warmup=args.throughput_warmup,
+        batch_latency=args.batch_latency,
         batch_throughput=args.batch_throughput, flops_batch=args.flops_batch, head_steps=args.head_steps,
         cfg=1.0 if args.no_cfg else args.cfg, cfg_schedule=args.cfg_schedule, grids=args.grids,
         growth_repeats=args.growth_repeats, quick=args.quick, overrides=list(getattr(args, "overrides", []) or []),
@@ -74,3 +94,19 @@ def run(args: argparse.Namespace) -> int:
     print(markdown_table([r for r in result["rows"] if "error" not in r], MAIN_COLUMNS))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 1 if not any("error" not in r for r in result["rows"]) else 0
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    from nestar.bench.quality import QualityOptions, markdown_report, run_quality as run_bench, write_report
+
+    opts = QualityOptions(
+        suites=tuple(args.suite), only=tuple(args.only) if args.only else None, runs_dir=args.runs_dir,
+        out=args.out, num_eval=args.num_eval, seed=args.seed, quick=args.quick,
+        overrides=list(getattr(args, "overrides", []) or []), kid_subset_size=args.kid_subset_size,
+        progress=not args.quiet,
+    )
+    result = run_bench(opts)
+    paths = write_report(result, args.out)
+    print(markdown_report(result))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

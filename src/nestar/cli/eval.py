@@ -19,6 +19,8 @@ from typing import Optional
 
 import numpy as np
 
+from nestar.evaluation.suite import balanced_labels, compute_metrics
+
 
 def add_parser(sub) -> None:
     from nestar.cli.common import add_config_args
@@ -148,21 +150,19 @@ def load_images(path: str, channels: int, size: int, notes: list[str]):
 
 # --- sampling -----------------------------------------------------------------------------------
 
-def balanced_labels(n: int, num_classes: int):
-    """0, 1, ..., K-1, 0, 1, ...: every prefix is as balanced as it can be."""
-    import torch
-
-    return torch.arange(n) % num_classes
-
-
 def sample_checkpoint(args, progress: bool):
-    """Generate `num_samples` images; returns (pipeline, images, labels, sampling settings)."""
+    """Generate `num_samples` images; returns (pipeline, images or None off rank 0, labels, sampling settings).
+
+    Under torchrun each rank samples its share of the chunks (`distributed_sample`) and rank 0 gets
+    them all; chunk c is seeded from (seed, c), so the images do not depend on the number of processes.
+    """
     import torch
-    from tqdm import tqdm
 
     from nestar.pipeline import Pipeline
+    from nestar.training.distributed import distributed_sample, init_distributed
 
-    pipe = Pipeline.from_pretrained(args.checkpoint, device=args.device, use_ema=not args.no_ema)
+    env = init_distributed(args.device)
+    pipe = Pipeline.from_pretrained(args.checkpoint, device=str(env.device), use_ema=not args.no_ema)
     s = pipe.config.sample
     settings = {
         "checkpoint": str(args.checkpoint), "use_ema": not args.no_ema, "seed": args.seed,
@@ -170,20 +170,16 @@ def sample_checkpoint(args, progress: bool):
         "temperature": s.temperature if args.temperature is None else args.temperature,
         "num_steps": s.num_steps if args.num_steps is None else args.num_steps,
         "batch_size": args.batch_size, "label_order": "balanced: i mod num_classes", "preset": pipe.config.preset,
+        "chunk_seeding": "chunk c of batch_size labels uses chunk_seed(seed, c)", "world_size": env.world_size,
     }
     labels = balanced_labels(args.num_samples, pipe.config.data.num_classes)
-    gen = torch.Generator().manual_seed(args.seed)  # one generator for all chunks, as Pipeline does
-    images, seq = [], 0
     t0 = time.perf_counter()
-    for chunk in tqdm(labels.split(args.batch_size), desc="sampling", disable=not progress, dynamic_ncols=True):
-        out = pipe(chunk, cfg=settings["cfg"], cfg_schedule=settings["cfg_schedule"],
-                   temperature=settings["temperature"], num_steps=settings["num_steps"], generator=gen,
-                   batch_size=args.batch_size)
-        images.append(out.images.float().cpu())
-        seq = out.sequential_steps
-    settings["sequential_steps"] = seq
+    images = distributed_sample(pipe, labels, seed=args.seed, chunk_size=args.batch_size, progress=progress,
+                                cfg=settings["cfg"], cfg_schedule=settings["cfg_schedule"],
+                                temperature=settings["temperature"], num_steps=settings["num_steps"])
+    settings["sequential_steps"] = pipe.model.sequential_steps()
     settings["sample_seconds"] = round(time.perf_counter() - t0, 2)
-    return pipe, torch.cat(images), labels, settings
+    return pipe, (images.float() if images is not None else None), labels, settings
 
 
 def export_npz(images, labels, path: str | Path) -> Path:
@@ -200,35 +196,10 @@ def export_npz(images, labels, path: str | Path) -> Path:
     return path
 
 
-# --- metrics ------------------------------------------------------------------------------------
-
-def compute_metrics(feats, logits, labels, ref, *, class_logits=None, kid_subsets: int = 100,
-                    kid_subset_size: int = 1000) -> dict:
-    """Every metric of SPEC 6 from fake features/logits and the reference statistics.
-
-    `logits` (the extractor's) feed the Inception-style score; `class_logits` (the dataset
-    classifier's) feed class agreement, and stand in for missing labels in the diversity figure.
-    """
-    from nestar.evaluation import metrics as M
-
-    mu, sigma = M.gaussian_stats(feats)
-    out: dict[str, Optional[float]] = {"fid": M.frechet_distance(mu, sigma, ref.mu, ref.sigma)}
-    out["kid_mean"], out["kid_std"] = M.kid(ref.features, feats, kid_subsets, kid_subset_size)
-    out["precision"], out["recall"] = M.precision_recall(ref.features, feats, k=3, real_radii=ref.knn_radii)
-    out["inception_score_mean"] = out["inception_score_std"] = None
-    if logits is not None:
-        out["inception_score_mean"], out["inception_score_std"] = M.inception_score(logits, splits=10)
-    out["class_agreement"] = None
-    if class_logits is not None and labels is not None:
-        out["class_agreement"] = M.class_agreement(class_logits, labels)
-    div_labels = labels if labels is not None else (class_logits.argmax(1) if class_logits is not None else None)
-    out["within_class_diversity"] = M.within_class_diversity(feats, div_labels) if div_labels is not None else None
-    out["within_class_diversity_real"] = M.within_class_diversity(ref.features, ref.labels)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     """Errors in the inputs (bad image files, missing extractor file) end with a message, exit 2."""
+    from nestar.training.distributed import shutdown_distributed
+
     try:
         return _run(args)
     except (FileNotFoundError, ValueError, ImportError) as e:
@@ -238,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
             raise  # main() prints it with the install hint
         print(f"nestar eval: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        shutdown_distributed()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -254,6 +227,8 @@ def _run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     if args.checkpoint:
         pipe, images, labels, sampling = sample_checkpoint(args, progress)
+        if images is None:  # a torchrun rank other than 0: its share is sampled and sent
+            return 0
         data_cfg = pipe.config.data
     else:
         from nestar.cli.common import load_config

@@ -452,7 +452,7 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def distributed_sample(pipeline, labels, *, seed: int = 0, chunk_size: int = 64, dst: int = 0, as_uint8: bool = False,
-                       **sample_kwargs) -> Optional[torch.Tensor]:
+                       progress: bool = False, **sample_kwargs) -> Optional[torch.Tensor]:
     """Sample images for `labels` on all ranks of the default process group; rank `dst` gets them in order.
 
     `labels` is cut into chunks of `chunk_size`; chunk c is sampled in one batch with a generator
@@ -461,8 +461,11 @@ def distributed_sample(pipeline, labels, *, seed: int = 0, chunk_size: int = 64,
     r, r + W, r + 2W, ...; each round is gathered to `dst` and moved to CPU there (other ranks get
     None). Without a process group this is the single-process reference. `sample_kwargs` (cfg,
     cfg_schedule, temperature, num_steps) go to the pipeline; `as_uint8` returns uint8 [0, 255]
-    images (4x less memory for large evaluations). Every rank must call it with the same arguments.
+    images (4x less memory for large evaluations). `progress`: a bar over the rounds on rank `dst`.
+    Every rank must call it with the same arguments.
     """
+    from tqdm import tqdm
+
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     if labels.numel() == 0:
         raise ValueError("labels is empty: pass at least one class id")
@@ -477,13 +480,15 @@ def distributed_sample(pipeline, labels, *, seed: int = 0, chunk_size: int = 64,
 
     enabled = dist.is_available() and dist.is_initialized()
     if not enabled or dist.get_world_size() == 1:
-        return torch.cat([post(sample(c)).cpu() for c in range(len(chunks))])
+        rounds = tqdm(range(len(chunks)), desc="sampling", disable=not progress, dynamic_ncols=True)
+        return torch.cat([post(sample(c)).cpu() for c in rounds])
     rank, world = dist.get_rank(), dist.get_world_size()
     comm = pipeline.device if dist.get_backend() == "nccl" else torch.device("cpu")
     cfg = pipeline.config.data
     shape = (chunk_size, cfg.channels, cfg.image_size, cfg.image_size)
     out = []
-    for first in range(0, len(chunks), world):
+    rounds = range(0, len(chunks), world)
+    for first in tqdm(rounds, desc=f"sampling ({world} ranks)", disable=not (progress and rank == dst), dynamic_ncols=True):
         c = first + rank
         buf = torch.zeros(shape, device=comm)
         if c < len(chunks):

@@ -1,0 +1,309 @@
+"""`nestar bench quality`: train every model on one budget, evaluate each with one harness.
+
+Each entry is a preset plus overrides. The bench trains it with the shared Trainer (resuming a run
+that exists), samples `num_eval` images with balanced labels and one seed, and scores them with the
+evaluation suite (SPEC 6: FID, KID, precision/recall, class agreement, within-class diversity)
+against the cached statistics of the real test split. A "real" row (images of the train split,
+same N) gives the floor that finite N allows. Finished entries are cached as JSON under
+`out/entries/`, so an interrupted bench continues where it stopped.
+
+Suites: `models` (NestAR and the four baselines, matched in size) and `ablations` (one NestAR
+setting changed at a time; the unchanged NestAR is the shared reference arm).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One trained-and-evaluated model. `group`: 'models' or the ablation it belongs to."""
+
+    name: str
+    preset: str
+    overrides: tuple[str, ...] = ()
+    group: str = "models"
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
+
+
+# Presets of matched size (registry.py: within 2% of nestar-fmnist's 6.8M parameters).
+MODEL_ENTRIES = [
+    Entry("nestar", "nestar-fmnist"),
+    Entry("raster", "raster-fmnist"),
+    Entry("mar", "mar-fmnist"),
+    Entry("arinar", "arinar-fmnist"),
+    Entry("nextscale", "nextscale-fmnist"),
+]
+# Each ablation changes one setting of nestar-fmnist; depths are adjusted only where the change
+# would otherwise alter the parameter count (k=2 has 6 modules instead of 3).
+ABLATION_ENTRIES = [
+    Entry("nestar-zorder", "nestar-fmnist", ("model.order=zorder",), "order: lattice vs zorder"),
+    Entry("nestar-k2", "nestar-fmnist", ("model.k=2", "model.depth=2"), "k: 4 vs 2"),
+    Entry("nestar-prefixnoise", "nestar-fmnist", ("model.prefix_noise=0.3",), "prefix noise: off vs 0.3"),
+    Entry("nestar-first-small", "nestar-fmnist", ("model.module_depths=(1,4,4)",), "first module: depth 4 vs 1 vs 8"),
+    Entry("nestar-first-large", "nestar-fmnist", ("model.module_depths=(8,4,4)",), "first module: depth 4 vs 1 vs 8"),
+]
+QUICK_ENTRIES = [Entry(n.split("-")[0], n) for n in ("nestar-tiny", "raster-tiny", "mar-tiny", "arinar-tiny",
+                                                      "nextscale-tiny")]
+QUICK_ABLATIONS = [Entry("nestar-zorder", "nestar-tiny", ("model.order=zorder",), "order: lattice vs zorder")]
+
+
+@dataclass
+class QualityOptions:
+    suites: tuple[str, ...] = ("models",)
+    only: Optional[tuple[str, ...]] = None  # entry names to run (default: all of the suites)
+    runs_dir: str = "runs/quality"
+    out: str = "benchmarks/results/quality"
+    num_eval: int = 1000
+    seed: int = 0
+    batch_size: int = 64
+    overrides: list[str] = field(default_factory=list)  # applied to every entry (e.g. train.steps=100)
+    quick: bool = False  # tiny presets: a smoke test of the whole harness
+    kid_subset_size: int = 1000
+    progress: bool = True
+
+
+def entries_for(opts: QualityOptions) -> list[Entry]:
+    """The entries of the chosen suites; every ablation also needs the unchanged NestAR."""
+    models = QUICK_ENTRIES if opts.quick else MODEL_ENTRIES
+    ablations = QUICK_ABLATIONS if opts.quick else ABLATION_ENTRIES
+    out: list[Entry] = []
+    if "models" in opts.suites:
+        out += models
+    if "ablations" in opts.suites:
+        out += [models[0]] + ablations
+    unknown = set(opts.suites) - {"models", "ablations"}
+    if unknown:
+        raise ValueError(f"unknown suite(s) {sorted(unknown)}; choose from models, ablations")
+    out = list(dict.fromkeys(out))
+    if opts.only:
+        known = {e.name for e in models + ablations}
+        missing = set(opts.only) - known
+        if missing:
+            raise ValueError(f"--only: unknown entries {sorted(missing)}; known: {sorted(known)}")
+        out = [e for e in out if e.name in opts.only]
+    return out
+
+
+def entry_config(entry: Entry, opts: QualityOptions):
+    from nestar.config import apply_overrides
+    from nestar.registry import get_preset
+
+    return apply_overrides(get_preset(entry.preset), list(entry.overrides) + list(opts.overrides))
+
+
+def _train_seconds(run_dir: Path) -> Optional[float]:
+    """Wall time of the whole training (all invocations) from the log's last elapsed_s."""
+    log = run_dir / "log.csv"
+    if not log.is_file():
+        return None
+    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return None
+    header = lines[0].split(",")
+    if "elapsed_s" not in header:
+        return None
+    try:
+        return float(lines[-1].split(",")[header.index("elapsed_s")])
+    except (ValueError, IndexError):
+        return None
+
+
+class _Evaluator:
+    """The dataset classifier as feature extractor, plus the cached test-split statistics."""
+
+    def __init__(self, data_cfg, progress: bool):
+        from nestar.evaluation.extractors import build_extractor
+        from nestar.evaluation.reference import reference_stats
+
+        self.data_cfg = data_cfg
+        self.extractor = build_extractor("classifier", data_cfg, progress=progress)
+        self.ref = reference_stats(data_cfg, self.extractor, split="test", progress=progress)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, kid_subset_size: int) -> tuple[dict, float]:
+        from nestar.evaluation.suite import compute_metrics
+
+        t0 = time.perf_counter()
+        feats, logits = self.extractor.extract(images)
+        metrics = compute_metrics(feats, logits, labels, self.ref, class_logits=logits,
+                                  kid_subset_size=kid_subset_size)
+        return metrics, time.perf_counter() - t0
+
+
+def real_floor(evaluator: _Evaluator, n: int, seed: int, kid_subset_size: int) -> dict:
+    """The same metrics for `n` random real train images against the test statistics."""
+    from nestar.data import build_dataset, to_float
+
+    ds = build_dataset(evaluator.data_cfg, "train")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds), generator=g)[:n].tolist()
+    images, labels = zip(*(ds[i] for i in idx))
+    images_t = to_float(torch.stack(list(images)))
+    labels_t = torch.as_tensor(labels, dtype=torch.long)
+    metrics, _ = evaluator(images_t, labels_t, kid_subset_size)
+    return {"name": "real (train split)", "group": "models", "num_eval": n, "metrics": metrics}
+
+
+def run_entry(entry: Entry, opts: QualityOptions, evaluator: _Evaluator, log: Callable[[str], None]) -> dict:
+    """Train (or resume), sample `num_eval` images, evaluate, save a grid; cached by config."""
+    from nestar.config import save_json, to_dict
+    from nestar.evaluation.suite import balanced_labels
+    from nestar.pipeline import Pipeline
+    from nestar.training import Trainer
+    from nestar.utils.images import save_grid
+
+    cfg = entry_config(entry, opts)
+    cfg_dict = to_dict(cfg)
+    out = Path(opts.out)
+    cache = out / "entries" / f"{entry.slug}.json"
+    key = {"config": cfg_dict, "num_eval": opts.num_eval, "seed": opts.seed, "batch_size": opts.batch_size,
+           "kid_subset_size": opts.kid_subset_size}
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            log(f"-- {entry.name}: cached ({cache})")
+            return cached
+    run_dir = Path(opts.runs_dir) / entry.slug
+    log(f"-- {entry.name}: training {cfg.preset} {' '.join(entry.overrides)} -> {run_dir}")
+    result = Trainer(cfg, run_dir, progress=opts.progress).fit()
+    pipe = Pipeline.from_pretrained(run_dir)
+    n_cls = cfg.data.num_classes
+    labels = balanced_labels(opts.num_eval, n_cls)
+    log(f"-- {entry.name}: sampling {opts.num_eval} images")
+    gen = torch.Generator().manual_seed(opts.seed)
+    t0 = time.perf_counter()
+    sample = pipe(labels, generator=gen, batch_size=opts.batch_size)
+    sample_s = time.perf_counter() - t0
+    metrics, eval_s = evaluator(sample.images, labels, opts.kid_subset_size)
+    order = torch.argsort(labels, stable=True)  # one row per class for the grid
+    per_class = min(10, opts.num_eval // n_cls) or 1
+    grid_idx = torch.cat([order[labels[order] == c][:per_class] for c in range(n_cls)])
+    grid = save_grid(sample.images[grid_idx], out / "grids" / f"{entry.slug}.png", nrow=per_class, scale=2)
+    s = cfg.sample
+    row = {
+        "name": entry.name, "group": entry.group, "preset": cfg.preset, "overrides": list(entry.overrides),
+        "model_type": cfg.model_type, "params_M": round(pipe.model.num_params() / 1e6, 3),
+        "sequential_steps": sample.sequential_steps, "train_steps": result.steps,
+        "train_batch": cfg.train.batch_size, "train_seconds": _train_seconds(run_dir),
+        "sample_ms_per_image": round(sample_s * 1000 / opts.num_eval, 2), "eval_seconds": round(eval_s, 1),
+        "num_eval": opts.num_eval, "metrics": metrics, "grid": str(grid), "run_dir": str(run_dir),
+        "sampling": {"cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature,
+                     "head_steps": s.num_steps, "seed": opts.seed, "batch_size": opts.batch_size},
+        "key": key,
+    }
+    save_json(row, cache)
+    m = metrics
+    log(f"   FID {m['fid']:.2f} precision {m['precision']:.3f} recall {m['recall']:.3f} "
+        f"class agreement {m['class_agreement']:.1%} ({row['sample_ms_per_image']} ms/img)")
+    return row
+
+
+def run_quality(opts: QualityOptions, log: Callable[[str], None] = print) -> dict:
+    """Run every entry of the chosen suites in one process; returns the rows and the environment."""
+    entries = entries_for(opts)
+    if not entries:
+        raise ValueError("no entries to run")
+    torch.manual_seed(opts.seed)
+    t0 = time.perf_counter()
+    evaluator = _Evaluator(entry_config(entries[0], opts).data, opts.progress)
+    rows = [real_floor(evaluator, opts.num_eval, opts.seed, opts.kid_subset_size)]
+    for e in entries:
+        rows.append(run_entry(e, opts, evaluator, log))
+    return {"rows": rows, "num_eval": opts.num_eval, "suites": list(opts.suites), "overrides": opts.overrides,
+            "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "extractor": evaluator.extractor.describe(), "reference_images": evaluator.ref.num_images}
+
+
+def _fmt(v, spec: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+def _row_cells(r: dict) -> list[str]:
+    m = r["metrics"]
+    train = r.get("train_seconds")
+    return [r["name"], _fmt(r.get("params_M"), ".2f"), _fmt(r.get("sequential_steps"), "d"),
+            _fmt(m["fid"], ".2f"), _fmt(m["kid_mean"] * 1e3 if m["kid_mean"] is not None else None, ".2f"),
+            _fmt(m["precision"], ".3f"), _fmt(m["recall"], ".3f"), _fmt(m["class_agreement"], ".1%"),
+            _fmt(m["within_class_diversity"], ".2f"), _fmt(r.get("sample_ms_per_image"), ".1f"),
+            _fmt(train / 60 if train else None, ".1f")]
+
+
+HEADER = ["model", "params (M)", "seq. steps", "FID", "KID x1e3", "precision", "recall", "class agr.",
+          "diversity", "ms/img (b64)", "train min"]
+
+
+def markdown_report(result: dict) -> str:
+    """One table for the models, one per ablation (each with the shared NestAR reference arm)."""
+    rows = result["rows"]
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for r in rows:
+        if r["group"] == "models":
+            lines.append("| " + " | ".join(_row_cells(r)) + " |")
+    ref = next((r for r in rows if r["name"] in ("nestar",) and r["group"] == "models"), None)
+    for group in dict.fromkeys(r["group"] for r in rows if r["group"] != "models"):
+        lines += ["", f"**Ablation, {group}**", "", "| " + " | ".join(["arm"] + HEADER[1:]) + " |",
+                  "|" + "---|" * len(HEADER)]
+        arms = ([ref] if ref else []) + [r for r in rows if r["group"] == group]
+        for r in arms:
+            cells = _row_cells(r)
+            cells[0] = r["name"] + (" " + " ".join(r.get("overrides", [])) if r.get("overrides") else " (default)")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def montage(rows: list[dict], path: str | Path) -> Optional[Path]:
+    """The sample grid of every entry side by side, each titled with its name and FID."""
+    from PIL import Image, ImageDraw
+
+    tiles = [(r, Image.open(r["grid"]).convert("RGB")) for r in rows if r.get("grid") and Path(r["grid"]).is_file()]
+    if not tiles:
+        return None
+    pad, title = 8, 16
+    w = sum(t.width for _, t in tiles) + pad * (len(tiles) + 1)
+    h = max(t.height for _, t in tiles) + title + 2 * pad
+    canvas = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(canvas)
+    x = pad
+    for r, t in tiles:
+        d.text((x, pad // 2), f"{r['name']}  FID {r['metrics']['fid']:.1f}", fill="black")
+        canvas.paste(t, (x, pad + title))
+        x += t.width + pad
+    path = Path(path)
+    canvas.save(path)
+    return path
+
+
+def write_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    """quality.md (tables), quality.json (everything) and montage PNGs (models, ablations)."""
+    from nestar.utils.io import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out / "quality.md", "json": out / "quality.json"}
+    atomic_write_text(paths["md"], markdown_report(result))
+    slim = {**result, "rows": [{k: v for k, v in r.items() if k != "key"} for r in result["rows"]]}
+    atomic_write_text(paths["json"], json.dumps(slim, indent=2, default=str) + "\n")
+    models = [r for r in result["rows"] if r["group"] == "models"]
+    if (p := montage(models, out / "models.png")) is not None:
+        paths["models_png"] = p
+    ablations = [r for r in result["rows"] if r["group"] != "models" or r["name"] == "nestar"]
+    if any(r["group"] != "models" for r in ablations) and (p := montage(ablations, out / "ablations.png")):
+        paths["ablations_png"] = p
+    return paths
+
+
+__all__ = ["ABLATION_ENTRIES", "Entry", "MODEL_ENTRIES", "QualityOptions", "entries_for", "markdown_report",
+           "run_quality", "write_report"]
