@@ -178,3 +178,26 @@ def test_cli_cache_latents_on_an_image_folder(tmp_path, capsys):
     # a different image size is refused by the CLI too, naming the field
     assert main(args[:-2] + ["--data.image_size=64", "--device", "cpu"]) == 2
     assert "image_size" in capsys.readouterr().err
+
+
+def test_train_from_a_latent_cache(tmp_path, tiny_cfg):
+    """`data.latent_cache` points the Trainer (and so `nestar train`) at cached posteriors."""
+    from nestar.config import apply_overrides
+    from nestar.training import Trainer
+
+    tok = _tokenizer()
+    vae_dir = tmp_path / "vae"
+    save_kl_dir(vae_dir, tok.vae, image_size=32, latent_scale=0.7, latent_shift=0.1)
+    from nestar.tokenizers import TokenizerConfig, build_tokenizer
+
+    _run(build_tokenizer(TokenizerConfig(name="kl", path=str(vae_dir)), 32, 1), _dataset(), tmp_path / "cache")
+    overrides = ["tokenizer.name=kl", f"tokenizer.path={vae_dir}", f"data.latent_cache={tmp_path / 'cache'}",
+                 "train.steps=3", "train.ckpt_every=3"]
+    cfg = apply_overrides(tiny_cfg, overrides)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert isinstance(trainer.dataset, CachedLatentDataset) and len(trainer.dataset) == N
+    res = trainer.fit()
+    assert res.steps == 3 and np.isfinite(res.final_loss) and (tmp_path / "run" / "checkpoints" / "last.safetensors").is_file()
+    # the cache was made from 32x32 images: a 64x64 run is refused, naming the field
+    with pytest.raises(CacheMismatchError, match="image_size"):
+        Trainer(apply_overrides(cfg, ["data.image_size=64"]), tmp_path / "run64", progress=False)

@@ -12,13 +12,19 @@ from nestar.data.image_folder import ImageFolderDataset
 
 @dataclass
 class DataConfig:
-    """Which images to train on. `name`: 'fashion_mnist' or 'folder' (then `data_dir` is the root)."""
+    """Which images to train on. `name`: 'fashion_mnist' or 'folder' (then `data_dir` is the root).
+
+    `latent_cache`: a `nestar cache-latents` directory; training then reads posterior samples of
+    the cached VAE latents (random flip) instead of encoding images every step. The cache is
+    checked against the run's tokenizer and image size before training starts.
+    """
 
     name: str = "fashion_mnist"
     data_dir: Optional[str] = None
     image_size: int = 32
     channels: int = 1
     num_classes: int = 10
+    latent_cache: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.name not in ("fashion_mnist", "folder"):

@@ -104,6 +104,10 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         self.ema = make_ema(self.model)
         self.optimizer = None if self.fsdp else make_optimizer(self.model, tc)
+        if dataset is None and cfg.data.latent_cache:
+            from nestar.data.latents import CachedLatentDataset
+
+            dataset = CachedLatentDataset(cfg.data.latent_cache, tokenizer=tok, image_size=cfg.data.image_size)
         self.dataset = dataset if dataset is not None else build_dataset(cfg.data, "train")
         self.ckpt_path = self.run_dir / "checkpoints" / "last.safetensors"
         self.step = 0
