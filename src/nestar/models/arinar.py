@@ -191,29 +191,30 @@ class MaskedARModel(GenerativeModel):
         return SampleOutput(tokens=tokens, intermediates=intermediates, sequential_steps=S)
 
 
-# ----- ARINAR ---------------------------------------------------------------------------------
+# ----- configs ---------------------------------------------------------------------------------
 @dataclass
-class ARINARConfig:
-    """ARINAR hyper-parameters. `grid_size`, `token_dim`, `num_classes` are set from the data and tokenizer.
+class MaskedARConfig:
+    """Outer-model fields shared by MAR and ARINAR. `grid_size`, `token_dim`, `num_classes` are set
+    from the data and tokenizer.
 
-    Outer: MAR encoder/decoder of width `dim` with `enc_depth` + `dec_depth` blocks (attention
-    heads of size `head_dim`), `buffer_size` class tokens. Inner: `head` (GMMHeadConfig).
+    Encoder/decoder of width `dim` with `enc_depth` + `dec_depth` blocks (attention heads of size
+    `head_dim`), `buffer_size` class tokens; training mask ratio from N(1, mask_ratio_std^2)
+    truncated to [mask_ratio_min, 1]; `num_iter` outer sampling steps.
     """
 
     grid_size: int = 16
     token_dim: int = 4
     num_classes: int = 10
     dim: int = 256
-    enc_depth: int = 6
-    dec_depth: int = 6
+    enc_depth: int = 12
+    dec_depth: int = 12
     head_dim: int = 64
     mlp_ratio: float = 4.0
-    buffer_size: int = 8
+    buffer_size: int = 64
     label_dropout: float = 0.1
     mask_ratio_min: float = 0.7
     mask_ratio_std: float = 0.25
     num_iter: int = 64
-    head: GMMHeadConfig = field(default_factory=GMMHeadConfig)
 
     def __post_init__(self) -> None:
         if self.grid_size < 1 or self.token_dim < 1:
@@ -224,8 +225,21 @@ class ARINARConfig:
             raise ValueError(f"model.mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
         if self.num_iter < 1:
             raise ValueError(f"model.num_iter must be >= 1, got {self.num_iter}")
+        if self.buffer_size < 1:
+            raise ValueError(f"model.buffer_size must be >= 1, got {self.buffer_size}")
 
 
+@dataclass
+class ARINARConfig(MaskedARConfig):
+    """ARINAR: the masked-AR outer model (MaskedARConfig) and the inner-AR GMM `head` (GMMHeadConfig)."""
+
+    enc_depth: int = 6
+    dec_depth: int = 6
+    buffer_size: int = 8
+    head: GMMHeadConfig = field(default_factory=GMMHeadConfig)
+
+
+# ----- ARINAR ---------------------------------------------------------------------------------
 class ARINAR(MaskedARModel):
     """ARINAR: masked-AR outer model, inner AR over channels with a K-component GMM per channel."""
 

@@ -24,43 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nestar.heads import FlowHeadConfig, FlowMLPHead
-from nestar.models.arinar import MaskedARBackbone, MaskedARModel
+from nestar.models.arinar import MaskedARBackbone, MaskedARConfig, MaskedARModel
 
 
 @dataclass
-class MARConfig:
-    """MAR hyper-parameters. `grid_size`, `token_dim`, `num_classes` are set from the data and tokenizer.
+class MARConfig(MaskedARConfig):
+    """MAR: the masked-AR outer model (MaskedARConfig) and the flow `head`; z has width `dim`."""
 
-    Encoder/decoder of width `dim` with `enc_depth` + `dec_depth` blocks (attention heads of size
-    `head_dim`); the head condition z has width `dim`. `num_iter`: outer sampling steps.
-    """
-
-    grid_size: int = 16
-    token_dim: int = 4
-    num_classes: int = 10
-    dim: int = 256
-    enc_depth: int = 12
-    dec_depth: int = 12
-    head_dim: int = 64
-    mlp_ratio: float = 4.0
-    buffer_size: int = 64
-    label_dropout: float = 0.1
-    mask_ratio_min: float = 0.7
-    mask_ratio_std: float = 0.25
-    num_iter: int = 64
     head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
-
-    def __post_init__(self) -> None:
-        if self.grid_size < 1 or self.token_dim < 1:
-            raise ValueError("model.grid_size and model.token_dim must be >= 1")
-        if self.dim % self.head_dim:
-            raise ValueError(f"model.dim {self.dim} is not divisible by model.head_dim {self.head_dim}")
-        if not 0 < self.mask_ratio_min <= 1:
-            raise ValueError(f"model.mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
-        if self.num_iter < 1:
-            raise ValueError(f"model.num_iter must be >= 1, got {self.num_iter}")
-        if self.buffer_size < 1:
-            raise ValueError(f"model.buffer_size must be >= 1, got {self.buffer_size}")
 
 
 class MAR(MaskedARModel):
