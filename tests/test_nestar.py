@@ -176,3 +176,55 @@ def test_tiny_model_overfits_a_fixed_batch():
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.6 * first, (first, last)
+
+
+def _joint_config(**kw) -> NestARConfig:
+    return tiny_config(head=FlowHeadConfig(width=32, depth=1, num_steps=3, kind="joint", heads=2), **kw)
+
+
+def test_joint_head_couples_the_tokens_of_a_patch_and_nothing_else():
+    joint = randomised(NestAR(_joint_config())).head
+    mlp = randomised(NestAR(tiny_config())).head
+    z = torch.randn(8, 32)  # two patches of 4 tokens
+    z2 = z.clone()
+    z2[5] += 3.0  # the second token of the second patch
+    for head, coupled in ((joint, True), (mlp, False)):
+        a = head.sample(z, generator=torch.Generator().manual_seed(1), group_size=4)
+        b = head.sample(z2, generator=torch.Generator().manual_seed(1), group_size=4)
+        torch.testing.assert_close(a[:4], b[:4], rtol=0, atol=1e-6)  # the other patch never changes
+        assert (a[5] - b[5]).abs().max() > 1e-3
+        changed = (a[[4, 6, 7]] - b[[4, 6, 7]]).abs().max()
+        assert (changed > 1e-4) if coupled else (changed == 0), changed
+    with pytest.raises(ValueError, match="groups"):
+        joint.sample(torch.randn(6, 32), group_size=4)
+
+
+def test_joint_head_nestar_kv_cache_cfg_and_learning():
+    model = randomised(NestAR(_joint_config()))
+    labels = torch.tensor([0, 5])
+    a, b = (model.sample(labels, cfg=2.0, generator=torch.Generator().manual_seed(7), use_cache=c).tokens
+            for c in (True, False))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    s1 = model.sample(labels, cfg=1.0, generator=torch.Generator().manual_seed(3)).tokens
+    s2 = model.sample(labels, cfg=1.0, cfg_schedule="constant", generator=torch.Generator().manual_seed(3)).tokens
+    assert torch.equal(s1, s2)
+    torch.manual_seed(0)
+    model = NestAR(_joint_config(label_dropout=0.0))
+    batch = {"tokens": torch.randn(8, 64, 4).clamp(-1, 1), "labels": torch.arange(8)}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(100):
+        loss = model.loss(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) < 0.7 * sum(losses[:10]), (losses[:3], losses[-3:])
+
+
+def test_joint_head_is_refused_by_per_token_models():
+    from nestar.models.raster import RasterAR, RasterARConfig
+
+    with pytest.raises(ValueError, match="joint"):
+        RasterAR(RasterARConfig(grid_size=8, dim=32, depth=1, z_dim=32, head_dim=16,
+                                head=FlowHeadConfig(width=32, depth=1, kind="joint", heads=2)))

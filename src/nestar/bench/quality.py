@@ -44,12 +44,15 @@ MODEL_ENTRIES = [
     Entry("arinar", "arinar-fmnist"),
     Entry("nextscale", "nextscale-fmnist"),
 ]
-# Each ablation changes one setting of nestar-fmnist; depths are adjusted only where the change
-# would otherwise alter the parameter count (k=2 has 6 modules instead of 3).
+# Each ablation changes one setting of nestar-fmnist; sizes are adjusted only where the change would
+# otherwise alter the parameter count (k=2 has 6 modules instead of 3; the joint head's transformer
+# blocks are wider than MLP blocks). Ordered by priority: a bench cut short has the first ones.
 ABLATION_ENTRIES = [
     Entry("nestar-zorder", "nestar-fmnist", ("model.order=zorder",), "order: lattice vs zorder"),
-    Entry("nestar-k2", "nestar-fmnist", ("model.k=2", "model.depth=2"), "k: 4 vs 2"),
     Entry("nestar-prefixnoise", "nestar-fmnist", ("model.prefix_noise=0.3",), "prefix noise: off vs 0.3"),
+    Entry("nestar-jointhead", "nestar-fmnist", ("model.head.kind=joint", "model.head.width=128"),
+          "head: per-token MLP (256 x 3) vs joint patch transformer (128 x 3)"),
+    Entry("nestar-k2", "nestar-fmnist", ("model.k=2", "model.depth=2"), "k: 4 vs 2"),
     Entry("nestar-first-small", "nestar-fmnist", ("model.module_depths=(1,4,4)",), "first module: depth 4 vs 1 vs 8"),
     Entry("nestar-first-large", "nestar-fmnist", ("model.module_depths=(8,4,4)",), "first module: depth 4 vs 1 vs 8"),
 ]

@@ -15,8 +15,12 @@ class Head(nn.Module):
     token_dim: int
     cond_dim: int
 
-    def loss(self, target_NC: torch.Tensor, z_NZ: torch.Tensor) -> torch.Tensor:
-        """Mean training loss of tokens `target_NC` given conditions `z_NZ` (same leading shape)."""
+    def loss(self, target_NC: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1) -> torch.Tensor:
+        """Mean training loss of tokens `target_NC` given conditions `z_NZ` (same leading shape).
+
+        `group_size`: the tokens come in runs of that many that belong together (one NestAR patch);
+        per-token heads ignore it, a joint head models each run as one sample.
+        """
         raise NotImplementedError
 
     def sample(
@@ -28,8 +32,10 @@ class Head(nn.Module):
         num_steps: int = 25,
         temperature: float = 1.0,
         generator: Optional[torch.Generator] = None,
+        group_size: int = 1,
     ) -> torch.Tensor:
-        """Draw one token per condition. With `z_uncond_NZ` and cfg != 1, guide towards z."""
+        """Draw one token per condition. With `z_uncond_NZ` and cfg != 1, guide towards z.
+        `group_size` as in `loss` (rows of z in runs of that many)."""
         raise NotImplementedError
 
     def nfe(self, num_steps: int) -> int:

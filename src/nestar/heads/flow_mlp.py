@@ -15,6 +15,8 @@ from nestar.heads.base import Head
 class FlowHeadConfig:
     """Flow head. `time_dist`: 'uniform' or 'logit_normal'. `sampler`: 'euler' or 'heun'.
 
+    `kind`: 'mlp' (per-token MLP, MAR's design) or 'joint' (a small adaLN transformer across the
+    tokens of one patch, FlowAR-style; NestAR only; `heads` attention heads, `depth` blocks).
     Temperature convention: the initial noise x0 ~ N(0, T^2 I) (MAR scales noise the same way).
     """
 
@@ -24,8 +26,14 @@ class FlowHeadConfig:
     time_dist: str = "uniform"
     sampler: str = "euler"
     num_steps: int = 25
+    kind: str = "mlp"
+    heads: int = 4
 
     def __post_init__(self) -> None:
+        if self.kind not in ("mlp", "joint"):
+            raise ValueError(f"head.kind must be 'mlp' or 'joint', got {self.kind!r}")
+        if self.kind == "joint" and self.width % self.heads:
+            raise ValueError(f"head.width {self.width} is not divisible by head.heads {self.heads}")
         if self.time_dist not in ("uniform", "logit_normal"):
             raise ValueError(f"head.time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
         if self.sampler not in ("euler", "heun"):
@@ -55,10 +63,18 @@ class ResBlock(nn.Module):
 
 
 class FlowMLPHead(Head):
-    """v_theta(x_t, t, z): MLP of adaLN residual blocks; path x_t = t*x1 + (1-t)*x0, target x1 - x0."""
+    """v_theta(x_t, t, z): MLP of adaLN residual blocks; path x_t = t*x1 + (1-t)*x0, target x1 - x0.
+
+    Per token: `group_size` is accepted for the interface and ignored. Subclasses with `joint = True`
+    treat each run of `group_size` consecutive tokens as one sample (one t per group).
+    """
+
+    joint = False
 
     def __init__(self, token_dim: int, cond_dim: int, cfg: FlowHeadConfig):
         super().__init__()
+        if cfg.kind != "mlp" and type(self) is FlowMLPHead:
+            raise ValueError(f"head.kind={cfg.kind!r} is not supported by this model (only NestAR has a joint patch head)")
         self.token_dim, self.cond_dim, self.cfg = token_dim, cond_dim, cfg
         w = cfg.width
         self.input_proj = nn.Linear(token_dim, w)
@@ -72,7 +88,7 @@ class FlowMLPHead(Head):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def velocity(self, x_NC: torch.Tensor, t_N: torch.Tensor, z_NZ: torch.Tensor) -> torch.Tensor:
+    def velocity(self, x_NC: torch.Tensor, t_N: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1) -> torch.Tensor:
         c = self.time_embed(timestep_embedding(t_N, self.cfg.width).to(x_NC.dtype)) + self.cond_embed(z_NZ)
         h = self.input_proj(x_NC)
         for blk in self.blocks:
@@ -85,23 +101,26 @@ class FlowMLPHead(Head):
             return torch.sigmoid(torch.randn(n, device=device))
         return torch.rand(n, device=device)
 
-    def loss(self, target_NC: torch.Tensor, z_NZ: torch.Tensor) -> torch.Tensor:
+    def loss(self, target_NC: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1) -> torch.Tensor:
         x1 = target_NC.reshape(-1, self.token_dim).float()
         z = z_NZ.reshape(-1, self.cond_dim)
-        if self.cfg.batch_mul > 1:
+        if self.cfg.batch_mul > 1:  # whole copies of the batch: groups stay contiguous
             x1 = x1.repeat(self.cfg.batch_mul, 1)
             z = z.repeat(self.cfg.batch_mul, 1)
-        t = self._draw_t(x1.shape[0], x1.device)
+        g = group_size if self.joint else 1
+        if x1.shape[0] % g:
+            raise ValueError(f"{x1.shape[0]} tokens do not split into groups of {g}")
+        t = self._draw_t(x1.shape[0] // g, x1.device).repeat_interleave(g)
         x0 = torch.randn_like(x1)
         xt = t[:, None] * x1 + (1 - t[:, None]) * x0
-        v = self.velocity(xt.to(z.dtype), t, z)
+        v = self.velocity(xt.to(z.dtype), t, z, g)
         return (v.float() - (x1 - x0)).pow(2).mean()
 
-    def _guided_velocity(self, x, t, z, z_u, cfg):
-        v_c = self.velocity(x, t, z)
+    def _guided_velocity(self, x, t, z, z_u, cfg, group_size: int = 1):
+        v_c = self.velocity(x, t, z, group_size)
         if z_u is None:
             return v_c
-        v_u = self.velocity(x, t, z_u)
+        v_u = self.velocity(x, t, z_u, group_size)
         # v_c + (w-1)(v_c - v_u) == v_u + w(v_c - v_u), and is exactly v_c at w = 1.
         return v_c + (cfg - 1.0) * (v_c - v_u)
 
@@ -115,19 +134,21 @@ class FlowMLPHead(Head):
         num_steps: Optional[int] = None,
         temperature: float = 1.0,
         generator: Optional[torch.Generator] = None,
+        group_size: int = 1,
     ) -> torch.Tensor:
         num_steps = num_steps or self.cfg.num_steps
         n = z_NZ.shape[0]
+        g = group_size if self.joint else 1
         gen_device = generator.device if generator is not None else z_NZ.device
         x = torch.randn(n, self.token_dim, generator=generator, device=gen_device).to(z_NZ.device) * temperature
         x = x.to(z_NZ.dtype)
         ts = torch.linspace(0.0, 1.0, num_steps + 1, device=z_NZ.device)
         for i in range(num_steps):
             t, dt = ts[i].expand(n), ts[i + 1] - ts[i]
-            v = self._guided_velocity(x, t, z_NZ, z_uncond_NZ, cfg)
+            v = self._guided_velocity(x, t, z_NZ, z_uncond_NZ, cfg, g)
             if self.cfg.sampler == "heun" and i < num_steps - 1:
                 x_pred = x + dt * v
-                v2 = self._guided_velocity(x_pred, ts[i + 1].expand(n), z_NZ, z_uncond_NZ, cfg)
+                v2 = self._guided_velocity(x_pred, ts[i + 1].expand(n), z_NZ, z_uncond_NZ, cfg, g)
                 x = x + dt * 0.5 * (v + v2)
             else:
                 x = x + dt * v

@@ -180,8 +180,8 @@ class GMMARHead(Head):
         logits, mu, logvar = self.gmm_params(target_NC, z_NZ)
         return gmm_log_prob(target_NC.float()[..., None], logits, mu, logvar)[..., 0].sum(-1)
 
-    def loss(self, target_NC: torch.Tensor, z_NZ: torch.Tensor) -> torch.Tensor:
-        x = target_NC.reshape(-1, self.token_dim)
+    def loss(self, target_NC: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1) -> torch.Tensor:
+        x = target_NC.reshape(-1, self.token_dim)  # per token: group_size is ignored
         z = z_NZ.reshape(-1, self.cond_dim)
         return -self.log_prob(x, z).mean()
 
@@ -211,9 +211,10 @@ class GMMARHead(Head):
         num_steps: Optional[int] = None,
         temperature: float = 1.0,
         generator: Optional[torch.Generator] = None,
+        group_size: int = 1,
     ) -> torch.Tensor:
-        """One token (N, C) per condition; `num_steps` is ignored (C inner steps always)."""
-        del num_steps
+        """One token (N, C) per condition; `num_steps` and `group_size` are ignored (per token, C inner steps)."""
+        del num_steps, group_size
         guided = z_uncond_NZ is not None and cfg != 1.0
         n, C, dev = z_NZ.shape[0], self.token_dim, z_NZ.device
         z = torch.cat([z_NZ, z_uncond_NZ]) if guided else z_NZ

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from nestar.heads import FlowHeadConfig, FlowMLPHead
+from nestar.heads import FlowHeadConfig, build_flow_head
 from nestar.models.base import GenerativeModel, SampleOutput, cfg_scale
 from nestar.models.layers import KVCache, Transformer
 from nestar.models.orders import ORDERS, GenerationOrder
@@ -134,7 +134,9 @@ class NestAR(GenerativeModel):
             dims = cfg.module_dims or (cfg.dim,) * M
             depths = cfg.module_depths or (cfg.depth,) * M
             self.trunks = nn.ModuleList(ModuleNet(cfg, d, L) for d, L in zip(dims, depths))
-        self.head = FlowMLPHead(cfg.token_dim, cfg.z_dim, cfg.head)
+        # a joint head (cfg.head.kind='joint') sees one patch at a time: S tokens, at most k^(M-1)
+        max_patch = max(self.order.layout(m)[1] for m in range(1, M + 1))
+        self.head = build_flow_head(cfg.token_dim, cfg.z_dim, cfg.head, max_group=max_patch)
         self.register_buffer("perm", self.order.perm.clone(), persistent=False)
         self.register_buffer("inv_perm", self.order.inv_perm.clone(), persistent=False)
         self._plans = {m: self._plan(m) for m in range(1, M + 1)}
@@ -200,7 +202,7 @@ class NestAR(GenerativeModel):
                 noise = torch.rand(x_ord.shape[0], device=x_ord.device) * cfg.prefix_noise
             z = self.module_conditions(m, x_ord, labels_B, noise)
             P, S, T = self.order.layout(m)
-            loss_m = self.head.loss(x_ord[:, P : P + T * S], z)
+            loss_m = self.head.loss(x_ord[:, P : P + T * S], z, group_size=S)
             out[f"loss_m{m}"] = loss_m.detach()
             total = total + weights[m - 1] * loss_m
         out["loss"] = total
@@ -262,6 +264,7 @@ class NestAR(GenerativeModel):
                     num_steps=num_steps,
                     temperature=temperature,
                     generator=generator,
+                    group_size=S,
                 ).to(dtype)
                 x_new = x_new.view(B, S, C)
                 x_ord[:B, n_content : n_content + S] = x_new
