@@ -272,3 +272,18 @@ def test_no_weight_decay_on_vectors(tiny_cfg):
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert no_decay["params"]
+
+
+def test_config_check_fills_fields_added_since_the_checkpoint(tiny_cfg):
+    """A checkpoint written before a field existed still matches its default, and only that."""
+    import copy
+
+    from nestar.registry import config_to_dict
+    from nestar.training.checkpoint import check_config
+
+    saved = copy.deepcopy(config_to_dict(tiny_cfg))
+    del saved["model"]["head"]["kind"], saved["data"]["latent_cache"]  # fields newer than the checkpoint
+    check_config("old.safetensors", saved, tiny_cfg)
+    saved["model"]["dim"] = 64
+    with pytest.raises(CheckpointError, match=r"model\.dim: 64 != 32"):
+        check_config("old.safetensors", saved, tiny_cfg)

@@ -140,10 +140,19 @@ def read_checkpoint_config(path) -> dict:
 
 
 def check_config(path, saved: dict, config) -> None:
-    """Raise CheckpointError listing each network-defining field that differs."""
-    from nestar.registry import config_to_dict
+    """Raise CheckpointError listing each network-defining field that differs.
+
+    The saved config is first read through today's dataclasses, so fields added since it was written
+    take their defaults (a checkpoint from before `head.kind` existed still matches `kind='mlp'`).
+    """
+    from nestar.config import ConfigError
+    from nestar.registry import config_to_dict, load_run_config
 
     now = config_to_dict(config)
+    try:
+        saved = config_to_dict(load_run_config(saved))
+    except (ConfigError, TypeError, ValueError):
+        pass  # unreadable today: compare the raw values, which names the fields that differ
     diffs = diff_configs({k: saved.get(k) for k in MATCHED_SECTIONS}, {k: now.get(k) for k in MATCHED_SECTIONS})
     if diffs:
         raise CheckpointError(f"checkpoint {path} does not match the config: " + "; ".join(diffs)
