@@ -141,17 +141,19 @@ class _PeakRSS:
         self.delta = self.peak - self.base
 
 
-def _timed(fn: Callable[[], Any], repeats: int, warmup: int, dev: torch.device) -> list[float]:
+def _timed(fn: Callable[[], Any], repeats: int, warmup: int, dev: torch.device) -> tuple[list[float], Any]:
+    """Seconds of each of `repeats` calls after `warmup` untimed ones, and the last call's output."""
+    out = None
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
         _sync(dev)
         t0 = time.perf_counter()
-        fn()
+        out = fn()
         _sync(dev)
         times.append(time.perf_counter() - t0)
-    return times
+    return times, out
 
 
 class _HeadCounter:
@@ -259,12 +261,12 @@ def measure_preset(name: str, opts: SpeedOptions, dev: torch.device) -> tuple[di
         fl()
     row["gflops_per_img"] = fc.get_total_flops() / fb / 1e9
 
-    lat = _timed(_sample_fn(model, cfg, opts, opts.batch_latency, dev), opts.repeats, opts.warmup, dev)
+    lat, _ = _timed(_sample_fn(model, cfg, opts, opts.batch_latency, dev), opts.repeats, opts.warmup, dev)
     row["latency_ms"] = statistics.median(lat) * 1e3  # per call at batch_latency
     bt = opts.batch_throughput
     thr_fn = _sample_fn(model, cfg, opts, bt, dev)
     if dev.type == "cuda":
-        thr = _timed(thr_fn, opts.repeats, opts.throughput_warmup, dev)
+        thr, _ = _timed(thr_fn, opts.repeats, opts.throughput_warmup, dev)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
         thr_fn()
@@ -274,7 +276,7 @@ def measure_preset(name: str, opts: SpeedOptions, dev: torch.device) -> tuple[di
         for _ in range(opts.throughput_warmup):
             thr_fn()
         with _PeakRSS() as pk:
-            thr = _timed(thr_fn, opts.repeats, 0, dev)
+            thr, _ = _timed(thr_fn, opts.repeats, 0, dev)
         row["peak_mem_mb"] = pk.delta / 2**20
     row["throughput_img_s"] = bt / statistics.median(thr)
     row["ms_per_img_batched"] = statistics.median(thr) * 1e3 / bt
@@ -299,8 +301,7 @@ def measure_growth(name: str, base_cfg: Any, opts: SpeedOptions, dev: torch.devi
             cfg = load_run_config(to_dict(base_cfg), [f"--tokenizer.patch_size={image_size // g}"])
             model = _random_model(cfg, opts, dev)
             fn = _sample_fn(model, cfg, opts, 1, dev)
-            t = _timed(fn, opts.growth_repeats, 1, dev)
-            out = fn()
+            t, out = _timed(fn, opts.growth_repeats, 1, dev)  # minutes per call at 32x32 on a CPU: no extra call
             r.update(seq_steps=int(out.sequential_steps), ms_per_img=statistics.median(t) * 1e3, params_M=model.num_params() / 1e6)
             del model
         except Exception as e:  # a model may not support a grid (e.g. k^M != n): record, go on
