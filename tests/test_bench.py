@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from nestar.bench.speed import SpeedOptions, _HeadCounter, default_presets, markdown_table
 
@@ -107,6 +108,7 @@ def test_bench_quality_quick_trains_evaluates_and_caches(tmp_path, capsys):
     md = (out / "quality.md").read_text()
     assert "| nestar |" in md and "Ablation, order: lattice vs zorder" in md and "model.order=zorder" in md
     assert (out / "models.png").is_file() and (out / "ablations.png").is_file()
+    assert Image.open(out / "tradeoffs.png").size == (1000, 420)
 
     capsys.readouterr()
     assert _run_cli(argv) == 0  # finished entries come from the cache: same figures, no retraining

@@ -289,8 +289,64 @@ def montage(rows: list[dict], path: str | Path) -> Optional[Path]:
     return path
 
 
+def plot_tradeoffs(rows: list[dict], path: str | Path) -> Optional[Path]:
+    """Two scatter panels (Pillow): FID vs sequential steps (log x), and precision vs recall.
+
+    One point per entry of the models group, labelled with its name; the real-image row ("real")
+    marks what finite N allows. Ablations share NestAR's step count, so they stay in their tables.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    from nestar.bench.speed import _COLORS
+
+    pts = [r for r in rows if r["group"] == "models" and r["metrics"].get("fid") is not None]
+    if not pts:
+        return None
+    W, H, pw = 1000, 420, 500
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    steps = [r["sequential_steps"] for r in pts if r.get("sequential_steps")] or [1]
+    fids = [r["metrics"]["fid"] for r in pts]
+    panels = [
+        ("FID (lower is better) vs sequential steps (log)",
+         lambda r: (math.log2(r["sequential_steps"]) if r.get("sequential_steps") else None, r["metrics"]["fid"]),
+         (math.log2(min(steps)) - 0.5, math.log2(max(steps)) + 0.5), (0.0, max(fids) * 1.1 + 1e-9),
+         None, lambda v: f"{v:.1f}"),
+        ("precision vs recall (higher is better)",
+         lambda r: (r["metrics"]["recall"], r["metrics"]["precision"]), (0.0, 1.0), (0.0, 1.0),
+         lambda v: f"{v:.2f}", lambda v: f"{v:.2f}"),
+    ]
+    for pi, (title, xy, (xlo, xhi), (ylo, yhi), xl, yl) in enumerate(panels):
+        x0, y0, x1, y1 = pi * pw + 60, 40, pi * pw + pw - 30, H - 50
+        d.text((x0, 15), title, fill="black", font=font)
+        px = lambda v: x0 + (v - xlo) / (xhi - xlo) * (x1 - x0)  # noqa: E731
+        py = lambda v: y1 - (v - ylo) / (yhi - ylo) * (y1 - y0)  # noqa: E731
+        for i in range(5):  # ticks; the log axis gets one at each power of two
+            yv = ylo + (yhi - ylo) * i / 4
+            d.text((x0 - 40, py(yv) - 6), yl(yv), fill="black", font=font)
+            d.line([x0 + 1, py(yv), x1 - 1, py(yv)], fill=(235, 235, 235))
+        xticks = ([(xlo + (xhi - xlo) * i / 4, xl(xlo + (xhi - xlo) * i / 4)) for i in range(5)] if xl else
+                  [(e, str(2 ** e)) for e in range(math.ceil(xlo), math.floor(xhi) + 1)])
+        for xv, label in xticks:
+            d.text((px(xv) - 6, y1 + 6), label, fill="black", font=font)
+        d.rectangle([x0, y0, x1, y1], outline="black")
+        for i, r in enumerate(pts):
+            x, y = xy(r)
+            if x is None or y is None:
+                continue
+            col = (0, 0, 0) if r["name"].startswith("real") else _COLORS[i % len(_COLORS)]
+            cx, cy = px(x), py(y)
+            d.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=col)
+            d.text((cx + 6, cy - 6), r["name"].split(" ")[0], fill=col, font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
 def write_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
-    """quality.md (tables), quality.json (everything) and montage PNGs (models, ablations)."""
+    """quality.md (tables), quality.json (everything), montage PNGs (models, ablations), tradeoffs.png."""
     from nestar.utils.io import atomic_write_text
 
     out = Path(out_dir)
@@ -302,6 +358,8 @@ def write_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
     models = [r for r in result["rows"] if r["group"] == "models"]
     if (p := montage(models, out / "models.png")) is not None:
         paths["models_png"] = p
+    if (p := plot_tradeoffs(result["rows"], out / "tradeoffs.png")) is not None:
+        paths["tradeoffs_png"] = p
     ablations = [r for r in result["rows"] if r["group"] != "models" or r["name"] == "nestar"]
     if any(r["group"] != "models" for r in ablations) and (p := montage(ablations, out / "ablations.png")):
         paths["ablations_png"] = p
