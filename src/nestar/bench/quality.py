@@ -338,7 +338,8 @@ def plot_tradeoffs(rows: list[dict], path: str | Path) -> Optional[Path]:
             col = (0, 0, 0) if r["name"].startswith("real") else _COLORS[i % len(_COLORS)]
             cx, cy = px(x), py(y)
             d.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=col)
-            d.text((cx + 6, cy - 6), r["name"].split(" ")[0], fill=col, font=font)
+            dy = -14 if i % 2 else 2  # alternate above / below so close points stay readable
+            d.text((cx + 6, cy + dy), r["name"].split(" ")[0], fill=col, font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
