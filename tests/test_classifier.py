@@ -98,3 +98,8 @@ def test_reference_stats_are_cached_and_keyed_by_extractor(tmp_path):
     other = ClassifierExtractor(type(model)(1, 10, width=4))  # other weights -> other identity -> other file
     s4 = reference_stats(cfg, other, cache_dir=tmp_path / "ref", progress=False)
     assert not s4.meta["cached"] and s4.meta["key"] != s1.meta["key"]
+    # the same cache key with other weights (a classifier retrained on another machine) is another network
+    retrained = ClassifierExtractor(type(model)(1, 10, width=TINY.width), info)
+    assert retrained.identity.startswith(ext.identity.rsplit(":", 1)[0]) and retrained.identity != ext.identity
+    s5 = reference_stats(cfg, retrained, cache_dir=tmp_path / "ref", progress=False)
+    assert not s5.meta["cached"]

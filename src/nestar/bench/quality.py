@@ -169,8 +169,10 @@ def run_entry(entry: Entry, opts: QualityOptions, evaluator: _Evaluator, log: Ca
     cfg_dict = to_dict(cfg)
     out = Path(opts.out)
     cache = out / "entries" / f"{entry.slug}.json"
+    # The extractor's identity (weights hash included) is part of the key: figures scored by another
+    # network (e.g. a classifier retrained on another machine) are recomputed, never mixed in one table.
     key = {"config": cfg_dict, "num_eval": opts.num_eval, "seed": opts.seed, "batch_size": opts.batch_size,
-           "kid_subset_size": opts.kid_subset_size}
+           "kid_subset_size": opts.kid_subset_size, "extractor": evaluator.extractor.identity}
     if cache.is_file():
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:

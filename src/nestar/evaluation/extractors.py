@@ -111,14 +111,15 @@ class ClassifierExtractor(FeatureExtractor):
         self.model.to(memory_format=torch.channels_last)  # ~1.5x faster CPU convolutions (same up to rounding)
         self.info = dict(info or {})
         self.feature_dim = int(getattr(model, "feature_dim", 0))
+        # The weights hash is always part of the identity: the cache key names the data and settings,
+        # but retraining on another machine gives other weights (thread count, CPU kernels), and
+        # features of other weights must never meet cached statistics or figures of these.
+        h = hashlib.sha256()
+        for k, v in sorted(model.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
         key = self.info.get("key")
-        if key is None:  # an uncached model: identify it by its weights
-            h = hashlib.sha256()
-            for k, v in sorted(model.state_dict().items()):
-                h.update(k.encode())
-                h.update(v.detach().cpu().contiguous().numpy().tobytes())
-            key = "w" + h.hexdigest()[:16]
-        self.identity = f"classifier:{key}"
+        self.identity = f"classifier:{key + ':' if key else ''}w{h.hexdigest()[:16]}"
         self._warned = False
 
     def _forward(self, x: torch.Tensor, want_logits: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
