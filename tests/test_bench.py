@@ -86,6 +86,7 @@ def test_options_quick_defaults_and_table():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:only .* samples for 128-d features")  # N=40 on purpose: a smoke test
 def test_bench_quality_quick_trains_evaluates_and_caches(tmp_path, capsys):
     """Tiny presets through the whole quality harness: train, sample, evaluate, report, then a cached rerun."""
     out, runs = tmp_path / "quality", tmp_path / "runs"
