@@ -1,6 +1,7 @@
 """Metrics against closed forms and brute force; extractors (TorchScript path) and reference cache."""
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import numpy as np
@@ -222,9 +223,7 @@ def test_inception_torchscript_clear_errors(tmp_path):
 
 
 def test_torch_fidelity_backend_is_optional():
-    try:
-        import torch_fidelity  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torch_fidelity") is None:
         with pytest.raises(ImportError, match="pip install torch-fidelity"):
             build_extractor("torch-fidelity")
     else:

@@ -13,6 +13,7 @@ batches with an optional progress bar.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -224,8 +225,11 @@ class TorchFidelityInception(FeatureExtractor):
 
     def __init__(self, weights_path: Optional[str | Path], device: str | torch.device = "cpu"):
         super().__init__(device)
+        # Loaded by name, only here: torch-fidelity pulls torchvision (CUDA-linked on PyPI, broken
+        # beside the CPU torch), so it is never a dependency, only used where the user installed it.
         try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+            FeatureExtractorInceptionV3 = importlib.import_module(
+                "torch_fidelity.feature_extractor_inceptionv3").FeatureExtractorInceptionV3
         except ImportError as e:
             raise ImportError("the torch-fidelity backend needs `pip install torch-fidelity`; the offline "
                               "defaults are --extractor classifier or inception:PATH") from e
