@@ -162,8 +162,15 @@ class GMMARHead(Head):
         return logits, mu, logvar
 
     def _output(self, h_NLD: torch.Tensor, z_NZ: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.final_ada(z_NZ)[:, None].chunk(2, dim=-1)
-        return self.out(self.final_norm(h_NLD) * (1 + scale) + shift)
+        # Outside autocast, in the weights' dtype (fp32 in training): bf16 spaces values near -1 by
+        # 2^-7 ~ 0.008, coarser than a component's floor sigma exp(min_logvar / 2) ~ 0.007, so a bf16
+        # mean can never sit on the exactly repeated background value; in bf16 the loss swung by tens
+        # of nats between steps, gradient norms reached 1e4 and the head learned to ignore z.
+        dt = self.out.weight.dtype
+        with torch.autocast(device_type=h_NLD.device.type, enabled=False):
+            h, z = h_NLD.to(dt), z_NZ.to(dt)
+            shift, scale = self.final_ada(z)[:, None].chunk(2, dim=-1)
+            return self.out(self.final_norm(h) * (1 + scale) + shift)
 
     def gmm_params(self, target_NC: torch.Tensor, z_NZ: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Teacher-forced GMM parameters (N, C, K) of every channel given the previous channels."""
