@@ -63,6 +63,17 @@ def test_min_logvar_floor_is_smooth_and_respected():
     assert (logvar >= -3.0).all() and logvar.min() < -2.9  # floored, and the floor is reached
 
 
+def test_gmm_output_layers_stay_fp32_under_bf16_autocast():
+    # A bf16 mean cannot sit on -1 to within the floor sigma (~0.007); the output layers must not autocast.
+    head = randomised(tiny_head())
+    h, z = torch.randn(5, 4, 16), torch.randn(5, 8)
+    ref = head._output(h, z)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = head._output(h, z)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
 def test_channel_f_depends_only_on_earlier_channels():
     head = randomised(tiny_head(C=6))
     x, z = torch.randn(3, 6), torch.randn(3, 8)
