@@ -32,7 +32,7 @@ black Fashion-MNIST background), on which an unbounded GMM likelihood diverges; 
 The default -6 (sigma >= 0.05, about 6 pixel levels of 8-bit data in [-1, 1]) is set for stability:
 with -10 (sigma 0.007) a spike component's mean moved by several sigma per AdamW step at lr 1e-3,
 the training loss swung by 30-70 nats per token between steps, gradient norms reached 1e4, and after
-800 steps on Fashion-MNIST the head ignored z (its samples were texture noise, class agreement 1.4%).
+800 steps on Fashion-MNIST the head barely used z (texture-noise samples, class agreement 1.4%).
 
 All randomness at sampling (components, noise, candidate choice) is drawn from the passed
 generator, on the generator's device, so the same seed gives the same token on CPU and GPU.
