@@ -64,7 +64,7 @@ def test_min_logvar_floor_is_smooth_and_respected():
 
 
 def test_gmm_output_layers_stay_fp32_under_bf16_autocast():
-    # A bf16 mean cannot sit on -1 to within the floor sigma (~0.007); the output layers must not autocast.
+    # A bf16 mean cannot sit on -1 to within a sharp component's sigma; the output layers must not autocast.
     head = randomised(tiny_head())
     h, z = torch.randn(5, 4, 16), torch.randn(5, 8)
     ref = head._output(h, z)

@@ -31,7 +31,7 @@ min_logvar + softplus(raw - min_logvar). Pixel tokens hold many exactly equal va
 black Fashion-MNIST background), on which an unbounded GMM likelihood diverges; None disables it.
 The default -6 (sigma >= 0.05, about 6 pixel levels of 8-bit data in [-1, 1]) is set for stability:
 with -10 (sigma 0.007) a spike component's mean moved by several sigma per AdamW step at lr 1e-3,
-the training loss swung by 30-70 nats per token between steps, gradient norms reached 1e4, and after
+the training loss swung by 30-70 nats per token between steps, gradient norms reached 3.4e4, and after
 800 steps on Fashion-MNIST the head barely used z (texture-noise samples, class agreement 1.4%).
 
 All randomness at sampling (components, noise, candidate choice) is drawn from the passed
