@@ -28,5 +28,7 @@ import sys, torch
 want = "2.13.0"
 if torch.__version__.split("+")[0] != want:
     sys.exit(f"[setup] torch {torch.__version__} installed but {want} is pinned (constraints.txt)")
-print(f"[setup] ok: torch {torch.__version__}, {torch.get_num_threads()} threads")
+from nestar.utils.precision import cpu_description, resolve_precision
+print(f"[setup] ok: torch {torch.__version__}, {torch.get_num_threads()} threads on {cpu_description()}")
+print(f"[setup] precision=auto on this CPU -> {resolve_precision('auto', 'cpu').describe()}")
 PYEOF

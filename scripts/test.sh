@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Some tests start 2 torchrun processes of 2 threads on 2 cores: with OpenMP's default spin-waiting
+# an oversubscribed CPU runs up to 10x slower; passive waiting gives the same results.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 exec .venv/bin/python -m pytest -q "$@"

@@ -13,6 +13,15 @@ from nestar.registry import RunConfig, get_preset
 FMNIST_SUBSET = 256  # enough for 32 batches of 8 before the data order repeats
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fresh_cache(tmp_path_factory):
+    """Every test run starts from an empty nestar cache, as on a fresh machine (never the user's)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NESTAR_CACHE", str(tmp_path_factory.mktemp("nestar_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def fmnist_arrays() -> tuple[torch.Tensor, torch.Tensor]:
     """The first FMNIST_SUBSET Fashion-MNIST train images (uint8 [N, 1, 32, 32]) and labels."""
@@ -60,4 +69,4 @@ def fake_inception(tmp_path, monkeypatch) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.script(FakeInception(dim=16)).save(str(path))  # small features keep the test fast
-    return f"inception:{path}"
+    return f"inception:{path}:0-255"  # NVIDIA's convention, given explicitly (unknown file)

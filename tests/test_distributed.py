@@ -36,7 +36,7 @@ from nestar.training.trainer import _MicroBatchSampler
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
-TRAIN = ["--train.device=cpu", "--train.steps=4", "--train.batch_size=8", "--train.bf16=False",
+TRAIN = ["--train.device=cpu", "--train.steps=4", "--train.batch_size=8", "--train.precision=fp32",
          "--train.lr_schedule=constant", "--train.log_every=1", "--train.ckpt_every=0", "--train.sample_every=0"]
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
                 "TORCHELASTIC_RUN_ID")
@@ -198,7 +198,7 @@ def test_fsdp_on_cpu(ddp_runs, tmp_path):
 def test_fsdp_bf16_mixed_precision_matches_ddp_autocast(fmnist_full, tmp_path):
     """bf16 block weights (MixedPrecisionPolicy) + autocast under FSDP = bf16 autocast under DDP, with
     activation checkpointing and gradient accumulation (no reduce-scatter on the first micro-batch)."""
-    extra = ["--train.bf16=True", "--train.steps=3", "--model.depth=2", "--train.grad_accum=2"]
+    extra = ["--train.precision=bf16", "--train.steps=3", "--model.depth=2", "--train.grad_accum=2"]
     train(tmp_path / "ddp", *extra)
     r = train(tmp_path / "fsdp", *extra, "--train.parallel=fsdp", "--train.activation_checkpointing=True", check=False)
     if r.returncode != 0 and "fully_shard failed" in r.stderr + r.stdout:

@@ -196,7 +196,7 @@ def test_within_class_diversity():
 def test_inception_torchscript_loads_resizes_and_replicates_gray(tmp_path):
     path = tmp_path / "fake_inception.pt"
     torch.jit.script(FakeInception()).save(str(path))
-    ext = InceptionTorchScript(path)
+    ext = InceptionTorchScript(path, input_range="0-255")
     assert ext.feature_dim == 2048 and ext.has_logits
     images = torch.rand(5, 1, 32, 32) * 2 - 1
     feats, logits = ext.extract(images, batch_size=2)
@@ -206,7 +206,7 @@ def test_inception_torchscript_loads_resizes_and_replicates_gray(tmp_path):
     assert torch.allclose(feats, ext.features(images.expand(-1, 3, -1, -1)), atol=1e-5)
     u8 = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
     assert torch.allclose(ext.features(u8), ext.features(to_float(u8)), atol=1e-5)
-    assert build_extractor(f"inception:{path}").identity == ext.identity
+    assert build_extractor(f"inception:{path}:0-255").identity == ext.identity
 
 
 def test_inception_torchscript_clear_errors(tmp_path):
@@ -262,10 +262,11 @@ def test_fid_real_vs_real_far_below_real_vs_noise_random_features(fmnist_arrays,
 
 @pytest.mark.slow
 def test_fid_with_trained_classifier(fmnist_test_images):
-    """The cached dataset classifier (trained on first use, ~1 min on 2 cores)."""
+    """The default dataset classifier: shipped with the package, so nothing is trained here."""
     from nestar.evaluation.classifier import get_classifier
 
     model, info = get_classifier(DataConfig(), progress=False)
+    assert info["cached"] and "assets" in info["cache_path"]
     assert info["test_accuracy"] >= 0.90
     ext = ClassifierExtractor(model, info)
     train_u8, _ = load_fashion_mnist("train")

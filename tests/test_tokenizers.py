@@ -243,11 +243,11 @@ def test_cli_train_tokenizer_smoke(tmp_path, capsys):
     out = tmp_path / "vae"
     args = ["train-tokenizer", "--out", str(out), "--steps", "2", "--vae.ch=16", "--vae.norm_groups=8",
             "--vae.z_channels=8", "--train.batch_size=8", "--train.eval_images=32", "--train.scale_images=32",
-            "--train.bf16=True", "--train.device=cpu", "--train.log_every=1"]
+            "--train.precision=bf16", "--train.device=cpu", "--train.log_every=1"]
     assert main(args) == 0
     assert "test PSNR" in capsys.readouterr().out
     saved = json.loads((out / "config.json").read_text())
-    assert saved["arch"]["z_channels"] == 8 and saved["train"]["steps"] == 2 and saved["train"]["bf16"] is True
+    assert saved["arch"]["z_channels"] == 8 and saved["train"]["steps"] == 2 and saved["train"]["precision"] == "bf16"
     assert tokenizer_geometry(TokenizerConfig(name="kl", path=str(out)), 32, 1) == (8, 8)
     assert main(args) == 2  # refuses to overwrite
     assert "already holds a trained tokenizer" in capsys.readouterr().err

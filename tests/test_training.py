@@ -227,7 +227,7 @@ def test_save_pretrained_files(tiny_cfg, tmp_path):
 
 
 def test_bf16_autocast_keeps_fp32_weights(tiny_cfg, fmnist_small, tmp_path):
-    cfg = apply_overrides(tiny_cfg, ["train.steps=2", "train.bf16=True"])
+    cfg = apply_overrides(tiny_cfg, ["train.steps=2", "train.precision=bf16"])
     t = Trainer(cfg, tmp_path, progress=False, dataset=fmnist_small)
     assert math.isfinite(t.fit().final_loss)
     assert all(p.dtype == torch.float32 for p in t.model.parameters())

@@ -10,6 +10,7 @@ import torch
 from nestar.models.base import GenerativeModel
 from nestar.tokenizers import Tokenizer, build_tokenizer
 from nestar.training.checkpoint import CheckpointError, load_model_from_checkpoint, load_pretrained, save_pretrained
+from nestar.utils.precision import Precision, resolve_precision
 
 
 @dataclass
@@ -24,6 +25,11 @@ class Pipeline:
 
     def __init__(self, model: GenerativeModel, tokenizer: Tokenizer, config):
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
+
+    @property
+    def precision(self) -> Precision:
+        """config.sample.precision resolved on the model's device ('auto': bf16 only where native)."""
+        return resolve_precision(self.config.sample.precision, self.device, "sample.precision")
 
     @classmethod
     def from_pretrained(cls, path, device: str = "cpu", use_ema: bool = True) -> "Pipeline":
@@ -67,13 +73,16 @@ class Pipeline:
         if generator is None:
             generator = torch.Generator().manual_seed(s.seed)
         images, stages, steps = [], [], 0
+        prec = self.precision
         for chunk in labels.split(batch_size):  # one generator consumed in order: same seed, same images
-            out = self.model.sample(chunk, cfg=s.cfg if cfg is None else cfg,
-                                    cfg_schedule=cfg_schedule or s.cfg_schedule,
-                                    temperature=s.temperature if temperature is None else temperature,
-                                    num_steps=s.num_steps if num_steps is None else num_steps, generator=generator)
-            images.append(self.tokenizer.decode(out.tokens).clamp(-1, 1))
-            stages.append([self.tokenizer.decode(t).clamp(-1, 1) for t in out.intermediates])
+            with prec.autocast(self.device.type):
+                out = self.model.sample(chunk, cfg=s.cfg if cfg is None else cfg,
+                                        cfg_schedule=cfg_schedule or s.cfg_schedule,
+                                        temperature=s.temperature if temperature is None else temperature,
+                                        num_steps=s.num_steps if num_steps is None else num_steps,
+                                        generator=generator)
+            images.append(self.tokenizer.decode(out.tokens.float()).clamp(-1, 1))
+            stages.append([self.tokenizer.decode(t.float()).clamp(-1, 1) for t in out.intermediates])
             steps = out.sequential_steps
         inter = [torch.cat([st[i] for st in stages]) for i in range(len(stages[0]))] if stages and stages[0] else []
         return PipelineOutput(images=torch.cat(images), intermediates=inter, sequential_steps=steps)

@@ -21,6 +21,7 @@ from nestar.models.mar import MAR, MARConfig
 from nestar.models.nextscale import NextScaleAR, NextScaleConfig
 from nestar.models.raster import RasterAR, RasterARConfig
 from nestar.tokenizers import TokenizerConfig, tokenizer_geometry
+from nestar.utils.precision import check_precision
 
 # model_type -> (config class, model class). Baselines register here too.
 MODELS: dict[str, tuple[type, type]] = {"nestar": (NestARConfig, NestAR)}
@@ -44,7 +45,10 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 3.0
     ema_decay: float = 0.999  # with warm-up: min(decay, (1+step)/(10+step))
-    bf16: bool = True  # bf16 autocast for the forward pass; params, optimiser and loss stay fp32
+    # 'auto': bf16 autocast where the hardware runs bf16 natively (CUDA with bf16, CPUs with AVX-512
+    # BF16/AMX), else fp32 (bf16 is emulated and ~10x slower on AVX2 CPUs). Params, optimiser and
+    # loss stay fp32. The run's config.json records what was chosen ('fp32' or 'bf16').
+    precision: str = "auto"
     seed: int = 0
     log_every: int = 50
     sample_every: int = 1000  # 0 = never
@@ -63,6 +67,7 @@ class TrainConfig:
             raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("train.steps and train.batch_size must be >= 1")
+        check_precision(self.precision, "train.precision")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
@@ -79,6 +84,10 @@ class SampleConfig:
     temperature: float = 1.0
     num_steps: int = 25  # flow-head ODE steps
     seed: int = 0
+    precision: str = "auto"  # 'auto' | 'fp32' | 'bf16', as train.precision (bf16 autocast when sampling)
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision, "sample.precision")
 
 
 @dataclass
@@ -93,7 +102,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
-        data = dict(data)
+        data = upgrade_legacy(dict(data))
         model_type = data.get("model_type", "nestar")
         if model_type not in MODELS:
             raise ConfigError(f"model_type: unknown {model_type!r}; known: {sorted(MODELS)}")
@@ -109,6 +118,17 @@ class RunConfig:
         model = {**model, "grid_size": grid_size, "token_dim": token_dim, "num_classes": cfg.data.num_classes}
         cfg.model = from_dict(model_cls, model, prefix="model.")
         return cfg
+
+
+def upgrade_legacy(data: dict) -> dict:
+    """Read configs written before `train.precision` existed: `train.bf16` true/false -> 'bf16'/'fp32'."""
+    train = data.get("train")
+    if isinstance(train, dict) and "bf16" in train:
+        train = dict(train)
+        bf16 = train.pop("bf16")
+        train.setdefault("precision", "bf16" if bf16 else "fp32")
+        data["train"] = train
+    return data
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
@@ -127,7 +147,7 @@ def config_to_dict(cfg: RunConfig) -> dict:
 # ----- presets -------------------------------------------------------------------------------
 PRESETS: dict[str, Callable[[], RunConfig]] = {}
 # Tiny presets (tests, smoke runs): seconds per hundred steps on a CPU.
-_TINY_TRAIN = dict(steps=20, batch_size=8, warmup_steps=2, log_every=5, sample_every=0, ckpt_every=10, bf16=False)
+_TINY_TRAIN = dict(steps=20, batch_size=8, warmup_steps=2, log_every=5, sample_every=0, ckpt_every=10, precision="fp32")
 
 
 def preset(name: str):
@@ -322,7 +342,7 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 def _imagenet(dim: int, depth: int, head_width: int, head_depth: int, *, grad_accum: int, parallel: str,
               batch: int = 2048, epochs: int = 800, warmup_epochs: int = 100, blr: float = 1e-4) -> RunConfig:
     """MAR's recipe: AdamW(0.9, 0.95), weight decay 0.02, lr = blr * global batch / 256 (8e-4 at 2048),
-    constant after a linear warm-up of 100 epochs, EMA 0.9999, grad clip 3.0, bf16, label dropout 0.1,
+    constant after a linear warm-up of 100 epochs, EMA 0.9999, grad clip 3.0, precision auto (bf16 on GPUs), label dropout 0.1,
     800 epochs. Epochs -> steps: 1,281,167 // 2048 = 625 steps per epoch (the sampler drops the last
     partial batch): warm-up 62,500 steps, 500,000 steps in all. Keep lr proportional to the global
     batch if you change it (--train.batch_size=B --train.lr=1e-4*B/256). `grad_accum` is set for
@@ -337,7 +357,7 @@ def _imagenet(dim: int, depth: int, head_width: int, head_depth: int, *, grad_ac
         tokenizer=TokenizerConfig(name="kl16"),
         train=TrainConfig(steps=epochs * per_epoch, batch_size=batch, lr=blr * batch / 256,
                           warmup_steps=warmup_epochs * per_epoch, lr_schedule="constant", weight_decay=0.02,
-                          betas=(0.9, 0.95), grad_clip=3.0, ema_decay=0.9999, bf16=True, log_every=100,
+                          betas=(0.9, 0.95), grad_clip=3.0, ema_decay=0.9999, precision="auto", log_every=100,
                           sample_every=10_000, ckpt_every=5_000, num_workers=8, grad_accum=grad_accum,
                           parallel=parallel),
         sample=SampleConfig(cfg=3.0, cfg_schedule="linear", temperature=1.0, num_steps=50),  # not tuned

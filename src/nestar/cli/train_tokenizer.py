@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
                     "test PSNR, measure the latent scale, and save DIR/model.safetensors + DIR/config.json. "
                     "Use it with --tokenizer.name=kl --tokenizer.path=DIR. Overrides: --data.*, --vae.* "
                     "(ch, ch_mult, num_res_blocks, z_channels, norm_groups, attn_resolutions), --train.* "
-                    "(lr, batch_size, kl_weight, l1_weight, l2_weight, bf16, device, ...).")
+                    "(lr, batch_size, kl_weight, l1_weight, l2_weight, precision, device, ...).")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--steps", type=int, default=None, help="training steps (same as --train.steps)")
     p.add_argument("--overwrite", action="store_true", help="replace a tokenizer already saved in --out")

@@ -27,6 +27,11 @@ from tqdm import tqdm
 from nestar.config import save_json
 from nestar.data import DataConfig, build_dataset, to_float
 from nestar.utils.io import atomic_write
+from nestar.utils.precision import resolve_precision
+
+# Classifiers shipped with the package (the default Fashion-MNIST one), found by the same file name
+# as in the cache: a fresh machine scores samples at once instead of training for minutes.
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "classifiers"
 
 # Bump when SmallCNN or the training loop changes in a way that changes the weights.
 ARCH_VERSION = "cnn-v2"
@@ -44,7 +49,9 @@ class ClassifierSettings:
     width: int = 16
     label_smoothing: float = 0.0
     augment: bool = False  # random shift + h-flip: measured -1.3 points at 3 epochs (90.3% vs 91.6%)
-    bf16: bool = True  # CPU bf16 autocast: ~2x faster training here, same accuracy
+    # 'auto' | 'fp32' | 'bf16' (utils/precision.py): bf16 autocast is ~1.5x faster where native and
+    # ~100x slower where emulated (AVX2 CPUs). Not part of the cache key: it says how, not what.
+    precision: str = "auto"
 
 
 DEFAULT_SETTINGS = ClassifierSettings()
@@ -114,7 +121,8 @@ def classifier_key(cfg: DataConfig, settings: ClassifierSettings = DEFAULT_SETTI
                    fingerprints: Optional[tuple[str, str]] = None) -> str:
     """16 hex chars identifying (data on disk, data config, architecture, training settings)."""
     train_fp, test_fp = fingerprints or (dataset_fingerprint(cfg, "train"), dataset_fingerprint(cfg, "test"))
-    ident = {"arch": ARCH_VERSION, "settings": asdict(settings),
+    recipe = {k: v for k, v in asdict(settings).items() if k != "precision"}
+    ident = {"arch": ARCH_VERSION, "settings": recipe,
              "data": [cfg.name, cfg.image_size, cfg.channels, cfg.num_classes], "train": train_fp, "test": test_fp}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -158,6 +166,9 @@ def train_classifier(cfg: DataConfig, settings: ClassifierSettings = DEFAULT_SET
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=steps)
         g = torch.Generator().manual_seed(settings.seed)
         shift = max(1, cfg.image_size // 16)
+        prec = resolve_precision(settings.precision, "cpu", "classifier precision")
+        if progress:
+            print(f"classifier {prec.describe()}", flush=True)
         t0 = time.perf_counter()
         bar = tqdm(total=steps, disable=not progress, desc="classifier", dynamic_ncols=True)
         model.train()
@@ -172,7 +183,7 @@ def train_classifier(cfg: DataConfig, settings: ClassifierSettings = DEFAULT_SET
                     if torch.rand((), generator=g) < 0.5:
                         x = x.flip(3)
                 x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
+                with prec.autocast("cpu"):
                     loss = F.cross_entropy(model(x), y_tr[idx], label_smoothing=settings.label_smoothing)
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError("classifier training diverged (non-finite loss)")
@@ -186,14 +197,15 @@ def train_classifier(cfg: DataConfig, settings: ClassifierSettings = DEFAULT_SET
         train_s = time.perf_counter() - t0
     model = model.to(memory_format=torch.contiguous_format)  # same layout as a model loaded from cache
     info = {"test_accuracy": accuracy(model, x_te, y_te), "train_seconds": round(train_s, 1),
-            "arch": ARCH_VERSION, "settings": asdict(settings), "threads": torch.get_num_threads()}
+            "arch": ARCH_VERSION, "settings": asdict(settings), "precision": prec.name,
+            "threads": torch.get_num_threads()}
     return model.eval(), info
 
 
 def get_classifier(data_cfg: DataConfig, *, cache_dir: Optional[str | Path] = None, device: str = "cpu",
                    progress: bool = True, epochs: Optional[int] = None, seed: Optional[int] = None,
                    settings: Optional[ClassifierSettings] = None) -> tuple[SmallCNN, dict]:
-    """The cached classifier for this dataset, trained first if missing or stale.
+    """The classifier for this dataset: cached, else shipped with the package, else trained and cached.
 
     Returns (model in eval mode on `device`, info) where info holds `test_accuracy`,
     `train_seconds`, `cache_path`, `key`, `cached` and the training settings. `epochs`/`seed`
@@ -208,16 +220,19 @@ def get_classifier(data_cfg: DataConfig, *, cache_dir: Optional[str | Path] = No
     root = Path(cache_dir) if cache_dir else cache_root() / "classifiers"
     stem = f"{data_cfg.name}-{key}"
     w_path, j_path = root / f"{stem}.safetensors", root / f"{stem}.json"
-    if w_path.is_file() and j_path.is_file():
+    found = w_path, j_path
+    if not (w_path.is_file() and j_path.is_file()) and (SHIPPED_DIR / f"{stem}.safetensors").is_file():
+        found = SHIPPED_DIR / f"{stem}.safetensors", SHIPPED_DIR / f"{stem}.json"
+    if found[0].is_file() and found[1].is_file():
         try:
-            info = json.loads(j_path.read_text())
+            info = json.loads(found[1].read_text())
             if info.get("key") not in (None, key):
                 raise ValueError(f"JSON key {info.get('key')} != {key}")
             model = SmallCNN(data_cfg.channels, data_cfg.num_classes, settings.width, data_cfg.image_size)
-            model.load_state_dict(load_file(str(w_path)))
-            return model.to(device).eval(), {**info, "cache_path": str(w_path), "key": key, "cached": True}
+            model.load_state_dict(load_file(str(found[0])))
+            return model.to(device).eval(), {**info, "cache_path": str(found[0]), "key": key, "cached": True}
         except Exception as e:  # a corrupt or foreign cache is rebuilt, never trusted
-            print(f"classifier cache {w_path} unreadable ({type(e).__name__}: {e}); retraining")
+            print(f"classifier cache {found[0]} unreadable ({type(e).__name__}: {e}); retraining")
     model, info = train_classifier(data_cfg, settings, progress=progress)
     info["key"] = key
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}

@@ -25,6 +25,7 @@ from nestar.data import DataConfig, build_dataset, to_float
 from nestar.tokenizers.kl_vae import (
     KL_DIR_CONFIG, KLAutoencoder, KLAutoencoderConfig, kl_to_standard_normal, sample_posterior, save_kl_dir,
 )
+from nestar.utils.precision import check_precision, resolve_precision
 
 
 @dataclass
@@ -58,7 +59,9 @@ class VAETrainConfig:
     l1_weight: float = 1.0
     l2_weight: float = 1.0
     kl_weight: float = 1e-4
-    bf16: bool = False  # bf16 autocast for the forward pass (helps on GPUs; usually slower on CPUs)
+    # 'auto' | 'fp32' | 'bf16' (utils/precision.py). fp32 by default: the documented 26.1 dB VAE was
+    # trained in fp32; 'auto' takes bf16 autocast where the hardware runs it natively.
+    precision: str = "fp32"
     shift_latents: bool = False  # also store the latent mean as tokenizer shift (MAR/KL-16 use none)
     scale_images: int = 2000  # training images used to measure the latent std
     eval_images: int = 2000  # test images used for the PSNR (0 = the whole split)
@@ -69,6 +72,7 @@ class VAETrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("train.steps and train.batch_size must be >= 1")
+        check_precision(self.precision, "train.precision")
 
 
 @dataclass
@@ -187,6 +191,8 @@ def train_vae(cfg: TokenizerTrainConfig, out_dir, *, overwrite: bool = False, tr
     n_arch = sum(p.numel() for p in vae.parameters())
     log(f"training KL-VAE ({n_arch / 1e6:.2f}M params, {arch.z_channels}x{cfg.data.image_size // arch.downsample_factor}^2 "
         f"latents) for {tc.steps} steps of {tc.batch_size} on {dev}")
+    prec = resolve_precision(tc.precision, dev, "train.precision")
+    log(prec.describe())
     losses: list[float] = []
     perm, pos = torch.randperm(len(train_ds), generator=g_data), 0
     t0 = time.time()
@@ -198,7 +204,7 @@ def train_vae(cfg: TokenizerTrainConfig, out_dir, *, overwrite: bool = False, tr
         pos += tc.batch_size
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tc.bf16):
+        with prec.autocast(dev.type):
             loss, parts = vae_loss(vae, x, tc, g_noise)
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite VAE loss at step {step}: {parts}")

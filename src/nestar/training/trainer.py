@@ -35,6 +35,7 @@ from nestar.training.data_order import StepBatchSampler, collate
 from nestar.training.ema import make_ema, update_ema
 from nestar.training.lr import apply_hparams, lr_at, make_optimizer
 from nestar.utils.images import save_grid
+from nestar.utils.precision import resolve_precision
 
 __all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "lr_at", "make_optimizer", "resolve_device"]
 
@@ -51,6 +52,7 @@ class TrainResult:
     images_per_sec: float
     run_dir: Path
     checkpoint: Path
+    precision: str = "fp32"  # what the forward passes ran in: 'fp32' or 'bf16' autocast
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,6 +95,11 @@ class Trainer:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.dist = env = D.init_distributed(tc.device)
         self.device = env.device
+        # Resolved once per run; config.json and checkpoints record what ran ('fp32' or 'bf16').
+        self.precision = resolve_precision(tc.precision, self.device, "train.precision")
+        tc.precision = self.precision.name
+        if env.is_main:
+            print(f"nestar: {self.precision.describe()}", flush=True)
         self.fsdp = env.enabled and tc.parallel == "fsdp"
         micro_batches = env.world_size * tc.grad_accum
         if tc.batch_size % micro_batches:
@@ -136,7 +143,7 @@ class Trainer:
         self._root = D.LossModule(self.model)
         self._sharded_ema: Optional[D.ShardedEMA] = None
         if self.fsdp:
-            D.shard_fsdp(self._root, self.model, env, bf16=tc.bf16)
+            D.shard_fsdp(self._root, self.model, env, bf16=self.precision.bf16)
             self.optimizer = make_optimizer(self.model, tc)
             self._sharded_ema = D.ShardedEMA(self.model, self.ema)
             if found:
@@ -265,7 +272,7 @@ class Trainer:
             images, labels = fetch(j)
             with D.grad_sync(self._train_module, j == accum - 1):
                 tokens_BLC = self._tokens(images)
-                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+                with self.precision.autocast(self.device.type):
                     out = self._train_module({"tokens": tokens_BLC, "labels": labels.to(self.device)})
                 loss = out["loss"].float()
                 if not env.enabled and not torch.isfinite(loss):  # distributed: checked on the reduced loss below
@@ -298,7 +305,7 @@ class Trainer:
         else:
             last = "no checkpoint of this run was written yet"
         return (f"{what} is {value} at step {self.step + 1}: training stopped before the update; {last}. "
-                f"Check the data, or try a lower --train.lr, --train.bf16=False or a smaller --train.grad_clip.")
+                f"Check the data, or try a lower --train.lr, --train.precision=fp32 or a smaller --train.grad_clip.")
 
     # -- loop --------------------------------------------------------------------------------
     def fit(self, max_steps: Optional[int] = None) -> TrainResult:
@@ -342,4 +349,4 @@ class Trainer:
         D.barrier(env)
         return TrainResult(steps=self.step, final_loss=last["loss"], seconds=time.perf_counter() - t0,
                            images_per_sec=(self.step - start_step) * tc.batch_size / busy if busy else 0.0,
-                           run_dir=self.run_dir, checkpoint=self.ckpt_path)
+                           run_dir=self.run_dir, checkpoint=self.ckpt_path, precision=self.precision.name)
