@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
     p.add_argument("--cfg-schedule", choices=["constant", "linear"], default=None)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--num-steps", type=int, default=None, help="flow-head ODE steps")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                   help="sampling precision (default: the run's sample.precision, 'auto': bf16 autocast only "
+                        "where the hardware runs it natively)")
     p.add_argument("--batch-size", type=int, default=64, help="sampling batch size")
     p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights")
     p.add_argument("--extractor", default="classifier",
@@ -169,7 +172,11 @@ def sample_checkpoint(args, progress: bool):
 
     env = init_distributed(args.device)
     pipe = Pipeline.from_pretrained(args.checkpoint, device=str(env.device), use_ema=not args.no_ema)
+    if args.precision:
+        pipe.config.sample.precision = args.precision
     s = pipe.config.sample
+    if env.is_main:
+        print(f"sampling {pipe.precision.describe()}")
     settings = {
         "checkpoint": str(args.checkpoint), "use_ema": not args.no_ema, "seed": args.seed,
         "cfg": s.cfg if args.cfg is None else args.cfg, "cfg_schedule": args.cfg_schedule or s.cfg_schedule,
@@ -177,6 +184,7 @@ def sample_checkpoint(args, progress: bool):
         "num_steps": s.num_steps if args.num_steps is None else args.num_steps,
         "batch_size": args.batch_size, "label_order": "balanced: i mod num_classes", "preset": pipe.config.preset,
         "chunk_seeding": "chunk c of batch_size labels uses chunk_seed(seed, c)", "world_size": env.world_size,
+        "precision": pipe.precision.name,
     }
     labels = balanced_labels(args.num_samples, pipe.config.data.num_classes)
     t0 = time.perf_counter()

@@ -16,6 +16,9 @@ def add_parser(sub) -> None:
     p.add_argument("--cfg-schedule", choices=["constant", "linear"], default=None)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--num-steps", type=int, default=None, help="flow-head ODE steps")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                   help="sampling precision (default: the run's sample.precision, 'auto': bf16 autocast only "
+                        "where the hardware runs it natively)")
     p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
@@ -30,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from nestar.visualize import coarse_to_fine_strip
 
     pipe = Pipeline.from_pretrained(args.path, device=args.device, use_ema=not args.no_ema)
+    if args.precision:
+        pipe.config.sample.precision = args.precision
+    print(f"sampling {pipe.precision.describe()}")
     classes = parse_classes(args.classes, pipe.config.data.num_classes)
     labels = torch.tensor(classes).repeat_interleave(args.per_class)
     out = pipe(labels, cfg=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature,

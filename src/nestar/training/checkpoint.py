@@ -5,12 +5,21 @@ Nothing is ever unpickled. A checkpoint holds `model.*` and `ema.*` weights, the
 the step, the optimiser's param groups, the data-parallel layout (`world_size`, `grad_accum`) and
 free-form `extra` JSON. A distributed run writes the same single file from rank 0 (FSDP state is
 gathered first, see training/distributed.py); checkpoints without a layout read as 1 process.
+
+Loading a model for inference (`load_pretrained`, `load_model_from_checkpoint`) skips the random
+initialisation that the weights would overwrite: the model is built with its parameters on the meta
+device (`parameters_on_meta`) and the checkpoint tensors are assigned in their place. Buffers and
+plain tensors made in `__init__` (generation orders, masks) are built for real, as always. Resuming
+a run (`load_checkpoint`) loads into a fully built model.
 """
 from __future__ import annotations
 
 import json
+import threading
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from safetensors import safe_open
@@ -77,14 +86,16 @@ def write_checkpoint(path, *, model_state: dict, ema_state: Optional[dict], opti
     return Path(path)
 
 
-def _read(path) -> tuple[dict, dict[str, torch.Tensor]]:
+def _read(path, select: Optional[Callable[[list[str]], list[str]]] = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors); `select` maps the file's keys to the keys to read (default: all)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            keys = list(f.keys())
+            tensors = {k: f.get_tensor(k) for k in (select(keys) if select is not None else keys)}
     except Exception as e:  # safetensors raises its own error types for bad headers/short files
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
     if meta.get("format") != FORMAT_VERSION or "config" not in meta:
@@ -159,8 +170,12 @@ def check_config(path, saved: dict, config) -> None:
                               + " (checkpoint value != config value)")
 
 
-def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path) -> None:
-    """Load `prefix.*` tensors into module, naming missing/unexpected keys and shape mismatches."""
+def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path, assign: bool = False) -> None:
+    """Load `prefix.*` tensors into module, naming missing/unexpected keys and shape mismatches.
+
+    `assign`: put the checkpoint tensors in place of the module's (cast to the module's dtypes)
+    instead of copying into them; needed when the module's parameters are on the meta device.
+    """
     sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
@@ -170,7 +185,9 @@ def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: st
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if v.shape != own[k].shape]
     if bad:
         raise CheckpointError(f"checkpoint {path} has mismatched shapes: " + "; ".join(bad[:8]))
-    module.load_state_dict(sd)
+    if assign:  # copy_ would cast to the parameter's dtype: do the same
+        sd = {k: v if v.dtype == own[k].dtype else v.to(own[k].dtype) for k, v in sd.items()}
+    module.load_state_dict(sd, strict=True, assign=assign)
 
 
 def load_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module] = None,
@@ -211,9 +228,120 @@ def save_pretrained(directory, model: nn.Module, config) -> Path:
     return directory
 
 
-def load_pretrained(directory):
-    """(model, RunConfig) from a `save_pretrained` directory."""
-    from nestar.registry import RunConfig, build_model
+# ----- building models for loading, without random initialisation ---------------------------------
+_meta_lock = threading.Lock()
+_meta_state = threading.local()  # depth of parameters_on_meta() in this thread
+_meta_users = 0  # threads inside parameters_on_meta(): the patch is installed while > 0
+_orig_register_parameter = None
+
+
+def _register_parameter(self: nn.Module, name: str, param) -> None:
+    if getattr(_meta_state, "depth", 0) and param is not None and param.device.type != "meta":
+        param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+    _orig_register_parameter(self, name, param)
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules built in this thread inside the block get their parameters on the meta device.
+
+    A parameter is moved to meta as it is registered, so the initialisation that follows in
+    `__init__` (nn.Linear's reset_parameters, trunc_normal_, ...) costs nothing and draws nothing
+    from the global RNG. Buffers and plain tensors are untouched: non-persistent state computed
+    in `__init__` (orders, masks, index tables) is real, exactly as in a normal build. Other
+    threads building modules meanwhile are not affected.
+    """
+    global _meta_users, _orig_register_parameter
+    with _meta_lock:
+        if _meta_users == 0:
+            _orig_register_parameter = nn.Module.register_parameter
+            nn.Module.register_parameter = _register_parameter
+        _meta_users += 1
+    _meta_state.depth = getattr(_meta_state, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _meta_state.depth -= 1
+        with _meta_lock:
+            _meta_users -= 1
+            if _meta_users == 0:
+                nn.Module.register_parameter = _orig_register_parameter
+
+
+def meta_tensors(module: nn.Module) -> list[str]:
+    """Names of parameters, buffers and tensor attributes (also inside lists, dicts and plain
+    objects held by a module, e.g. NestAR's generation order and plans) on the meta device."""
+    found = [n for n, t in module.named_parameters(remove_duplicate=False) if t.is_meta]
+    found += [n for n, t in module.named_buffers(remove_duplicate=False) if t.is_meta]
+    seen: set[int] = set()
+
+    def walk(obj, name: str, depth: int) -> None:
+        if isinstance(obj, torch.Tensor):
+            if obj.is_meta:
+                found.append(name)
+            return
+        if depth > 4 or id(obj) in seen or isinstance(obj, (nn.Module, str, bytes, int, float, bool, type(None))):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            items = obj.items()
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            items = enumerate(obj)
+        elif hasattr(obj, "__dict__") and not callable(obj):
+            items = vars(obj).items()
+        else:
+            return
+        for k, v in items:
+            walk(v, f"{name}.{k}" if name else str(k), depth + 1)
+
+    internal = {"_parameters", "_buffers", "_modules"}
+    for mod_name, mod in module.named_modules(remove_duplicate=False):
+        for attr, value in vars(mod).items():
+            if attr not in internal and not attr.endswith("_hooks") and not attr.endswith("_hooks_with_kwargs"):
+                walk(value, f"{mod_name}.{attr}" if mod_name else attr, 0)
+    return found
+
+
+def build_model_from_tensors(config, tensors: dict[str, torch.Tensor], prefix: str, path,
+                             fast: bool = True) -> nn.Module:
+    """`build_model(config)` holding the `prefix.*` tensors, loaded with `load_weights` semantics
+    (CheckpointError naming missing/unexpected keys and mismatched shapes).
+
+    `fast` builds the model with `parameters_on_meta` and assigns the tensors instead of initialising
+    weights only to overwrite them; the result is the same module, with the same non-persistent
+    state, as the slow way. A model that cannot be built this way (its `__init__` uses parameter
+    values, or ties parameters, which assignment would untie) is built the slow way, with a warning.
+    """
+    from nestar.registry import build_model
+
+    reason = None
+    if fast:
+        try:
+            with parameters_on_meta():
+                model = build_model(config)
+        except Exception as e:  # noqa: BLE001 -- real config errors come back from the slow build below
+            reason = f"building it with meta parameters failed ({type(e).__name__}: {e})"
+        else:
+            n_all = sum(1 for _ in model.named_parameters(remove_duplicate=False))
+            if n_all != sum(1 for _ in model.named_parameters()):
+                reason = "it shares parameters between modules"
+            else:
+                load_weights(model, tensors, prefix, path, assign=True)
+                left = meta_tensors(model)
+                if not left:
+                    return model
+                reason = f"tensors built from parameters in __init__ stay on the meta device: {left[:8]}"
+    model = build_model(config)
+    if reason is not None:
+        warnings.warn(f"model_type {config.model_type!r} from {path}: fast loading is not possible ({reason}); "
+                      f"built with random initialisation instead", stacklevel=2)
+    load_weights(model, tensors, prefix, path)
+    return model
+
+
+def load_pretrained(directory, fast: bool = True):
+    """(model, RunConfig) from a `save_pretrained` directory (`fast`: see build_model_from_tensors)."""
+    from nestar.registry import RunConfig
 
     directory = Path(directory)
     cfg_path, w_path = directory / "config.json", directory / "model.safetensors"
@@ -223,23 +351,25 @@ def load_pretrained(directory):
         config = RunConfig.from_dict(json.loads(cfg_path.read_text()))
     except (json.JSONDecodeError, ValueError) as e:  # ConfigError is a ValueError
         raise CheckpointError(f"{cfg_path} is not a valid run config: {e}") from e
-    model = build_model(config)
     try:
         with safe_open(str(w_path), framework="pt") as f:
             tensors = {f"model.{k}": f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise CheckpointError(f"{w_path} is truncated or corrupt ({type(e).__name__}: {e})") from e
-    load_weights(model, tensors, "model", w_path)
-    return model, config
+    return build_model_from_tensors(config, tensors, "model", w_path, fast=fast), config
 
 
-def load_model_from_checkpoint(path, use_ema: bool = True):
-    """(model, RunConfig) from a training checkpoint, EMA weights by default."""
-    from nestar.registry import RunConfig, build_model
+def load_model_from_checkpoint(path, use_ema: bool = True, fast: bool = True):
+    """(model, RunConfig) from a training checkpoint, EMA weights by default (`fast`: see
+    build_model_from_tensors). Only the chosen weights are read, not the optimizer state."""
+    from nestar.registry import RunConfig
 
-    meta, tensors = _read(path)
+    chosen: list[str] = []
+
+    def select(keys: list[str]) -> list[str]:
+        chosen.append("ema" if use_ema and any(k.startswith("ema.") for k in keys) else "model")
+        return [k for k in keys if k.startswith(chosen[0] + ".")]
+
+    meta, tensors = _read(path, select)
     config = RunConfig.from_dict(json.loads(meta["config"]))
-    model = build_model(config)
-    prefix = "ema" if use_ema and any(k.startswith("ema.") for k in tensors) else "model"
-    load_weights(model, tensors, prefix, path)
-    return model, config
+    return build_model_from_tensors(config, tensors, chosen[0], path, fast=fast), config
