@@ -12,7 +12,7 @@ import argparse
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="train the default NestAR on Fashion-MNIST, sample, print metrics")
-    p.add_argument("--preset", default="nestar-fmnist")
+    p.add_argument("--preset", default="nestar-fmnist-demo")
     p.add_argument("--run-dir", default="runs/demo")
     p.add_argument("--num-eval", type=int, default=500, help="samples (balanced over classes) for class agreement")
     p.add_argument("--quiet", action="store_true")
