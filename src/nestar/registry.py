@@ -187,14 +187,14 @@ def _nestar_fmnist_demo() -> RunConfig:
     """The demo (`nestar demo`): nestar-fmnist budgeted to ~10 min of fp32 on 2 AVX2 cores.
 
     Same tokens, order and sampling; 2.8M parameters (width 128, head 128 x 3 with one noise draw per
-    token) and 1,000 steps of 32 images: ~6x less fp32 time per training image than nestar-fmnist
+    token) and 1,200 steps of 32 images: ~6x less fp32 time per training image than nestar-fmnist
     (docs/design.md, "The demo's budget"). fp32 even where bf16 is native: at this size bf16
     autocast measured slower (0.35 vs 0.28 s per step on an AVX-512 BF16 Xeon).
     """
     base = _nestar_fmnist()
     base.model = NestARConfig(k=4, order="lattice", dim=128, depth=4, z_dim=128,
                               head=FlowHeadConfig(width=128, depth=3, batch_mul=1))
-    base.train = TrainConfig(steps=1000, batch_size=32, lr=1e-3, warmup_steps=50, log_every=50, sample_every=0,
+    base.train = TrainConfig(steps=1200, batch_size=32, lr=1e-3, warmup_steps=50, log_every=50, sample_every=0,
                              ckpt_every=300, precision="fp32")
     return base
 
