@@ -20,9 +20,8 @@
 # WORK/results/table.md; checkpoints are deleted at the end unless KEEP_RUNS=1),
 # TRAIN_STEPS / TRAIN_WARMUP / TRAIN_BATCH, SAMPLE_BATCHES, BENCH_PRESETS, TESTS / T_TESTS (test
 # paths / their timeout), DRY_COMPILE=1 (compile in a dry run too: minutes on a CPU).
-# Precision: uses --train.precision=bf16 (the field that replaced train.bf16); with a tree that still
-# has train.bf16 it passes --train.bf16=True instead (detected from TrainConfig). The dry run trains
-# in fp32 (DRY_PRECISION=bf16 to change) and runs only TESTS=tests/test_loading.py.
+# Precision: --train.precision=bf16. The dry run trains in fp32 (DRY_PRECISION=bf16 to change) and
+# runs only TESTS=tests/test_loading.py.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -128,10 +127,7 @@ json.dump(env, open(out, "w"))
 print(env)
 EOF
 
-# train.precision=bf16, or train.bf16=True on a tree from before the rename.
-PREC=$("$PYTHON" -c "import dataclasses; from nestar.registry import TrainConfig as T; \
-f = {x.name for x in dataclasses.fields(T)}; v = '$PREC_VALUE'; \
-print(f'--train.precision={v}' if 'precision' in f else f'--train.bf16={v == \"bf16\"}')")
+PREC=--train.precision=$PREC_VALUE
 log "precision override: $PREC"
 
 # nestar-s trains on Fashion-MNIST; without the dataset, synthetic idx files of the same shape
@@ -193,7 +189,7 @@ res.update(steps=steps[-1], warmup_steps=warmup, warmup_s=busy[w], final_loss=fl
            steady_img_s=(steps[-1] - warmup) * batch / (busy[-1] - busy[w]),
            steady_step_ms=1e3 * (busy[-1] - busy[w]) / (steps[-1] - warmup))
 cfg = json.load(open(f"{run_dir}/config.json"))
-res["precision"] = cfg["train"].get("precision", "bf16" if cfg["train"].get("bf16") else "fp32")
+res["precision"] = cfg["train"]["precision"]
 res["compile"] = cfg["train"].get("compile")
 json.dump(res, open(out, "w"), indent=1)
 print(json.dumps(res))
