@@ -119,3 +119,22 @@ def test_bench_quality_quick_trains_evaluates_and_caches(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="unknown entries"):
         _run_cli(argv[:7] + ["nosuch"] + argv[8:])
+
+
+@pytest.mark.filterwarnings("ignore:only .* samples for 128-d features")
+def test_bench_quality_train_seeds_give_mean_and_std(tmp_path):
+    """Two training seeds of one entry: two runs, per-seed rows, and a summary whose std is real."""
+    out, runs = tmp_path / "quality", tmp_path / "runs"
+    argv = ["bench", "quality", "--quick", "--quiet", "--only", "nestar", "--train-seeds", "0,1", "--num-eval", "20",
+            "--kid-subset-size", "10", "--out", str(out), "--runs-dir", str(runs), "--train.steps=3", "--train.ckpt_every=3"]
+    assert _run_cli(argv) == 0
+    res = json.loads((out / "quality.json").read_text())
+    rows = [r for r in res["rows"] if r["name"] == "nestar"]
+    assert [r["train_seed"] for r in rows] == [0, 1] and [r["sampling"]["seed"] for r in rows] == [0, 1]
+    assert (runs / "nestar").is_dir() and (runs / "nestar-seed1").is_dir()
+    s = res["summary"]["nestar"]
+    fids = [r["metrics"]["fid"] for r in rows]
+    assert fids[0] != fids[1] and s["mean"]["fid"] == pytest.approx(sum(fids) / 2)
+    assert s["std"]["fid"] == pytest.approx(abs(fids[0] - fids[1]) / 2 ** 0.5)
+    assert rows[0]["metrics"]["seam"] > 0  # pixel-patch tokens: the seam statistic is reported
+    assert "Mean ± std over training seeds" in (out / "quality.md").read_text()

@@ -72,8 +72,9 @@ def test_orders_are_permutations_with_the_described_geometry():
 
 @pytest.mark.parametrize("order", ["lattice", "zorder"])
 @pytest.mark.parametrize("k", [2, 4])
-def test_no_leak_conditions_ignore_current_and_later_patches(order, k):
-    model = randomised(NestAR(tiny_config(8, k, order)))
+@pytest.mark.parametrize("extra", [{}, {"neighbour_context": True, "order_offset": 2}])
+def test_no_leak_conditions_ignore_current_and_later_patches(order, k, extra):
+    model = randomised(NestAR(tiny_config(8, k, order, **extra)))
     x = torch.randn(2, 64, 4)
     labels = torch.tensor([3, 7])
     for m in range(1, model.num_modules + 1):
@@ -90,8 +91,10 @@ def test_no_leak_conditions_ignore_current_and_later_patches(order, k):
 
 
 @pytest.mark.parametrize("order", ["lattice", "zorder"])
-def test_kv_cache_matches_full_recompute(order):
-    model = randomised(NestAR(tiny_config(8, 4, order)))
+@pytest.mark.parametrize("extra", [{}, {"neighbour_context": True, "prefix_noise_mode": "boundary",
+                                        "prefix_noise": 0.2, "sample_prefix_noise": 0.1}])
+def test_kv_cache_matches_full_recompute(order, extra):
+    model = randomised(NestAR(tiny_config(8, 4, order, **extra)))
     labels = torch.tensor([0, 5, 9])
     outs = []
     for use_cache in (True, False):
@@ -146,6 +149,71 @@ def test_shared_trunk_and_per_module_sizes():
     for model in (shared, sizes):
         out = model.loss({"tokens": torch.randn(2, 64, 4), "labels": torch.tensor([0, 1])})
         out["loss"].backward()
+
+
+def test_order_offset_moves_the_first_module_to_the_quadrant_centres():
+    g = 8
+    rc = lambda idx: {(int(i) // g, int(i) % g) for i in idx}  # noqa: E731
+    lat = GenerationOrder(g, 4, "lattice", offset=2)
+    assert sorted(lat.perm.tolist()) == list(range(g * g))
+    assert rc(lat.perm[:4]) == {(2, 2), (2, 6), (6, 2), (6, 6)}
+    assert rc(lat.perm[:16]) == {(r, c) for r in range(0, 8, 2) for c in range(0, 8, 2)}
+    # the preview after module 1 copies each anchor over the block it stands for
+    tokens = torch.arange(64.0)[None, :, None]
+    prev = lat.preview(tokens, 4).reshape(8, 8)
+    assert prev[2, 2] == prev[5, 5] == 2 * 8 + 2 and prev[6, 6] == prev[1, 1] == prev[0, 0] == 6 * 8 + 6
+    with pytest.raises(ValueError, match="offset"):
+        GenerationOrder(g, 4, "lattice", offset=8)
+
+
+def test_neighbour_tables_hold_only_earlier_patches_and_cover_known_neighbours():
+    model = NestAR(tiny_config(neighbour_context=True))
+    for m in range(1, model.num_modules + 1):
+        P, S, T = model.order.layout(m)
+        idx, known = model._neighbours[m]
+        starts = P + torch.arange(T * S) // S * S
+        assert (idx[known] < starts[:, None].expand_as(idx)[known]).all()
+        if m > 1:  # every query of a later module has known neighbours on its lattice
+            assert known.any(1).all()
+    # module 2's first token (0, 2) sees the anchors (0, 0) and (0, 4) at stride 2
+    idx, known = model._neighbours[2]
+    first = {int(model.order.perm[i]) for i in idx[0][known[0]]}
+    assert int(model.order.perm[4]) == 2 and first == {0, 4}
+
+
+def test_token_loss_weighting_is_the_token_weighted_mean_of_the_module_losses():
+    batch = {"tokens": torch.randn(4, 64, 4), "labels": torch.arange(4)}
+    model = NestAR(tiny_config(loss_weighting="token")).eval()
+    torch.manual_seed(0)
+    out = model.loss(batch)
+    shares = [model.order.layout(m)[1] * model.order.layout(m)[2] / 64 for m in (1, 2, 3)]
+    expected = sum(s * out[f"loss_m{m}"] for m, s in zip((1, 2, 3), shares))
+    torch.testing.assert_close(out["loss"], expected)
+    assert shares == [4 / 64, 12 / 64, 48 / 64]
+    with pytest.raises(ValueError, match="loss_weighting"):
+        tiny_config(loss_weighting="pixel")
+
+
+def test_boundary_prefix_noise_is_told_to_the_module_and_needs_its_mode_at_sampling():
+    model = randomised(NestAR(tiny_config(prefix_noise_mode="boundary", prefix_noise=0.3, sample_prefix_noise=0.1)))
+    x, labels = torch.randn(2, 64, 4), torch.tensor([1, 2])
+    z0 = model.module_conditions(2, x, labels, torch.zeros(2))
+    z1 = model.module_conditions(2, x, labels, torch.full((2,), 1e-9))  # same tokens, another level
+    with torch.no_grad():
+        model.trunks[1].level_in.weight.fill_(1.0)
+    z2 = model.module_conditions(2, x, labels, torch.full((2,), 0.5))
+    torch.testing.assert_close(z0, z1, rtol=1e-4, atol=1e-4)
+    assert (z2 - z0).abs().max() > 1e-3
+    out = model.sample(labels, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.tokens).all()
+    with pytest.raises(ValueError, match="boundary"):
+        tiny_config(sample_prefix_noise=0.1)
+
+
+def test_raster_embedding_init():
+    model = NestAR(tiny_config(embed_init="raster"))
+    w = model.trunks[0].class_emb.weight
+    assert w.std() < 0.05 and model.trunks[0].token_in.bias.abs().max() == 0
 
 
 def test_prefix_noise_changes_training_conditions_only():

@@ -48,6 +48,15 @@ MODEL_ENTRIES = [
 # otherwise alter the parameter count (k=2 has 6 modules instead of 3; the joint head's transformer
 # blocks are wider than MLP blocks). Ordered by priority: a bench cut short has the first ones.
 ABLATION_ENTRIES = [
+    # the issue-13 levers against seams and the raster-AR gap (docs/design.md, "Seams")
+    Entry("nestar-nbr", "nestar-fmnist", ("model.neighbour_context=true",), "queries: position only vs known neighbours"),
+    Entry("nestar-tokenloss", "nestar-fmnist", ("model.loss_weighting=token",), "loss: per-module vs per-token mean"),
+    Entry("nestar-offset2", "nestar-fmnist", ("model.order_offset=2",), "lattice offset: 0 vs 2 (quadrant centres)"),
+    Entry("nestar-rasterinit", "nestar-fmnist", ("model.embed_init=raster",), "embedding init: default vs raster's"),
+    Entry("nestar-depths246", "nestar-fmnist", ("model.module_depths=(2,4,6)",), "capacity: depths 4/4/4 vs 2/4/6"),
+    Entry("nestar-boundarynoise", "nestar-fmnist", ("model.prefix_noise_mode=boundary", "model.prefix_noise=0.2",
+                                                    "model.sample_prefix_noise=0.05"),
+          "coordination: none vs boundary noise (U(0, 0.2), 0.05 at sampling, level told)"),
     Entry("nestar-zorder", "nestar-fmnist", ("model.order=zorder",), "order: lattice vs zorder"),
     Entry("nestar-prefixnoise", "nestar-fmnist", ("model.prefix_noise=0.3",), "prefix noise: off vs 0.3"),
     Entry("nestar-jointhead", "nestar-fmnist", ("model.head.kind=joint", "model.head.width=128"),
@@ -72,6 +81,7 @@ class QualityOptions:
     batch_size: int = 64
     overrides: list[str] = field(default_factory=list)  # applied to every entry (e.g. train.steps=100)
     quick: bool = False  # tiny presets: a smoke test of the whole harness
+    train_seeds: tuple[int, ...] = (0,)  # one trained model per seed and entry; tables give mean +- std
     kid_subset_size: int = 1000
     progress: bool = True
 
@@ -98,11 +108,17 @@ def entries_for(opts: QualityOptions) -> list[Entry]:
     return out
 
 
-def entry_config(entry: Entry, opts: QualityOptions):
+def entry_config(entry: Entry, opts: QualityOptions, train_seed: int = 0):
     from nestar.config import apply_overrides
     from nestar.registry import get_preset
 
-    return apply_overrides(get_preset(entry.preset), list(entry.overrides) + list(opts.overrides))
+    seed = [f"train.seed={train_seed}"] if train_seed else []
+    return apply_overrides(get_preset(entry.preset), list(entry.overrides) + list(opts.overrides) + seed)
+
+
+def _seed_slug(entry: Entry, train_seed: int) -> str:
+    """Seed 0 keeps the entry's own name, so single-seed caches and run directories stay valid."""
+    return entry.slug if train_seed == 0 else f"{entry.slug}-seed{train_seed}"
 
 
 def _train_seconds(run_dir: Path) -> Optional[float]:
@@ -122,6 +138,11 @@ def _train_seconds(run_dir: Path) -> Optional[float]:
         return None
 
 
+def _seam_patch(cfg) -> Optional[int]:
+    """The token border spacing in pixels for the seam statistic: pixel-patch tokenizers only."""
+    return cfg.tokenizer.patch_size if cfg.tokenizer.name == "patch" else None
+
+
 class _Evaluator:
     """The dataset classifier as feature extractor, plus the cached test-split statistics."""
 
@@ -133,17 +154,18 @@ class _Evaluator:
         self.extractor = build_extractor("classifier", data_cfg, progress=progress)
         self.ref = reference_stats(data_cfg, self.extractor, split="test", progress=progress)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, kid_subset_size: int) -> tuple[dict, float]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, kid_subset_size: int,
+                 seam_patch_size: Optional[int] = None) -> tuple[dict, float]:
         from nestar.evaluation.suite import compute_metrics
 
         t0 = time.perf_counter()
         feats, logits = self.extractor.extract(images)
         metrics = compute_metrics(feats, logits, labels, self.ref, class_logits=logits,
-                                  kid_subset_size=kid_subset_size)
+                                  kid_subset_size=kid_subset_size, images=images, seam_patch_size=seam_patch_size)
         return metrics, time.perf_counter() - t0
 
 
-def real_floor(evaluator: _Evaluator, n: int, seed: int, kid_subset_size: int) -> dict:
+def real_floor(evaluator: _Evaluator, n: int, seed: int, kid_subset_size: int, seam_patch_size: Optional[int]) -> dict:
     """The same metrics for `n` random real train images against the test statistics."""
     from nestar.data import build_dataset, to_float
 
@@ -153,57 +175,65 @@ def real_floor(evaluator: _Evaluator, n: int, seed: int, kid_subset_size: int) -
     images, labels = zip(*(ds[i] for i in idx))
     images_t = to_float(torch.stack(list(images)))
     labels_t = torch.as_tensor(labels, dtype=torch.long)
-    metrics, _ = evaluator(images_t, labels_t, kid_subset_size)
+    metrics, _ = evaluator(images_t, labels_t, kid_subset_size, seam_patch_size=seam_patch_size)
     return {"name": "real (train split)", "group": "models", "num_eval": n, "metrics": metrics}
 
 
-def run_entry(entry: Entry, opts: QualityOptions, evaluator: _Evaluator, log: Callable[[str], None]) -> dict:
-    """Train (or resume), sample `num_eval` images, evaluate, save a grid; cached by config."""
+def run_entry(entry: Entry, opts: QualityOptions, evaluator: _Evaluator, log: Callable[[str], None],
+              train_seed: int = 0) -> dict:
+    """Train (or resume), sample `num_eval` images, evaluate, save a grid; cached by config.
+
+    Training seed s samples with seed `opts.seed + s`, so the spread over seeds holds both the
+    training and the sampling noise.
+    """
     from nestar.config import save_json, to_dict
     from nestar.evaluation.suite import balanced_labels
     from nestar.pipeline import Pipeline
     from nestar.training import Trainer
     from nestar.utils.images import save_grid
 
-    cfg = entry_config(entry, opts)
+    cfg = entry_config(entry, opts, train_seed)
     cfg_dict = to_dict(cfg)
     out = Path(opts.out)
-    cache = out / "entries" / f"{entry.slug}.json"
+    slug = _seed_slug(entry, train_seed)
+    sample_seed = opts.seed + train_seed
+    cache = out / "entries" / f"{slug}.json"
     # The extractor's identity (weights hash included) is part of the key: figures scored by another
     # network (e.g. a classifier retrained on another machine) are recomputed, never mixed in one table.
-    key = {"config": cfg_dict, "num_eval": opts.num_eval, "seed": opts.seed, "batch_size": opts.batch_size,
+    key = {"config": cfg_dict, "num_eval": opts.num_eval, "seed": sample_seed, "batch_size": opts.batch_size,
            "kid_subset_size": opts.kid_subset_size, "extractor": evaluator.extractor.identity}
     if cache.is_file():
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
             log(f"-- {entry.name}: cached ({cache})")
             return cached
-    run_dir = Path(opts.runs_dir) / entry.slug
-    log(f"-- {entry.name}: training {cfg.preset} {' '.join(entry.overrides)} -> {run_dir}")
+    run_dir = Path(opts.runs_dir) / slug
+    log(f"-- {entry.name} (train seed {train_seed}): training {cfg.preset} {' '.join(entry.overrides)} -> {run_dir}")
     result = Trainer(cfg, run_dir, progress=opts.progress).fit()
     pipe = Pipeline.from_pretrained(run_dir)
     n_cls = cfg.data.num_classes
     labels = balanced_labels(opts.num_eval, n_cls)
     log(f"-- {entry.name}: sampling {opts.num_eval} images")
-    gen = torch.Generator().manual_seed(opts.seed)
+    gen = torch.Generator().manual_seed(sample_seed)
     t0 = time.perf_counter()
     sample = pipe(labels, generator=gen, batch_size=opts.batch_size)
     sample_s = time.perf_counter() - t0
-    metrics, eval_s = evaluator(sample.images, labels, opts.kid_subset_size)
+    metrics, eval_s = evaluator(sample.images, labels, opts.kid_subset_size, seam_patch_size=_seam_patch(cfg))
     order = torch.argsort(labels, stable=True)  # one row per class for the grid
     per_class = min(10, opts.num_eval // n_cls) or 1
     grid_idx = torch.cat([order[labels[order] == c][:per_class] for c in range(n_cls)])
-    grid = save_grid(sample.images[grid_idx], out / "grids" / f"{entry.slug}.png", nrow=per_class, scale=2)
+    grid = save_grid(sample.images[grid_idx], out / "grids" / f"{slug}.png", nrow=per_class, scale=2)
     s = cfg.sample
     row = {
         "name": entry.name, "group": entry.group, "preset": cfg.preset, "overrides": list(entry.overrides),
+        "train_seed": train_seed,
         "model_type": cfg.model_type, "params_M": round(pipe.model.num_params() / 1e6, 3),
         "sequential_steps": sample.sequential_steps, "train_steps": result.steps,
         "train_batch": cfg.train.batch_size, "train_seconds": _train_seconds(run_dir),
         "sample_ms_per_image": round(sample_s * 1000 / opts.num_eval, 2), "eval_seconds": round(eval_s, 1),
         "num_eval": opts.num_eval, "metrics": metrics, "grid": str(grid), "run_dir": str(run_dir),
         "sampling": {"cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature,
-                     "head_steps": s.num_steps, "seed": opts.seed, "batch_size": opts.batch_size},
+                     "head_steps": s.num_steps, "seed": sample_seed, "batch_size": opts.batch_size},
         "key": key,
     }
     save_json(row, cache)
@@ -220,14 +250,54 @@ def run_quality(opts: QualityOptions, log: Callable[[str], None] = print) -> dic
         raise ValueError("no entries to run")
     torch.manual_seed(opts.seed)
     t0 = time.perf_counter()
-    evaluator = _Evaluator(entry_config(entries[0], opts).data, opts.progress)
-    rows = [real_floor(evaluator, opts.num_eval, opts.seed, opts.kid_subset_size)]
+    first = entry_config(entries[0], opts)
+    evaluator = _Evaluator(first.data, opts.progress)
+    rows = [real_floor(evaluator, opts.num_eval, opts.seed, opts.kid_subset_size, _seam_patch(first))]
     for e in entries:
-        rows.append(run_entry(e, opts, evaluator, log))
-    return {"rows": rows, "num_eval": opts.num_eval, "suites": list(opts.suites), "overrides": opts.overrides,
+        for seed in opts.train_seeds:
+            rows.append(run_entry(e, opts, evaluator, log, seed))
+    return {"rows": rows, "summary": summarize(rows), "train_seeds": list(opts.train_seeds), "num_eval": opts.num_eval, "suites": list(opts.suites), "overrides": opts.overrides,
             "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "extractor": evaluator.extractor.describe(), "reference_images": evaluator.ref.num_images}
+
+
+SUMMARY_METRICS = ("fid", "precision", "recall", "class_agreement", "within_class_diversity", "seam")
+
+
+def summarize(rows: list[dict]) -> dict[str, dict]:
+    """Per entry name: the training seeds, and mean / sample std / per-seed values of each metric."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        e = out.setdefault(r["name"], {"group": r["group"], "seeds": [], "num_eval": r.get("num_eval"), "values": {}})
+        e["seeds"].append(r.get("train_seed", 0))
+        for k in SUMMARY_METRICS:
+            v = r["metrics"].get(k)
+            e["values"].setdefault(k, []).append(None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+    for e in out.values():
+        e["mean"], e["std"] = {}, {}
+        for k, vs in e["values"].items():
+            xs = [v for v in vs if v is not None]
+            e["mean"][k] = sum(xs) / len(xs) if xs else None
+            e["std"][k] = (math.sqrt(sum((x - e["mean"][k]) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None)
+    return out
+
+
+def _pm(mean, std, spec: str) -> str:
+    return _fmt(mean, spec) + (" ± " + _fmt(std, spec) if std is not None else "")
+
+
+def summary_table(summary: dict[str, dict]) -> str:
+    """Mean ± std over training seeds, one row per entry (the per-seed rows are in quality.json)."""
+    head = ["model", "seeds", "N", "FID", "precision", "recall", "class agr.", "seam"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, e in summary.items():
+        m, sd = e["mean"], e["std"]
+        lines.append("| " + " | ".join([name, str(len(e["seeds"])), str(e["num_eval"]), _pm(m["fid"], sd["fid"], ".2f"),
+                                        _pm(m["precision"], sd["precision"], ".3f"), _pm(m["recall"], sd["recall"], ".3f"),
+                                        _pm(m["class_agreement"], sd["class_agreement"], ".3f"),
+                                        _pm(m["seam"], sd["seam"], ".2f")]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(v, spec: str) -> str:
@@ -239,21 +309,27 @@ def _fmt(v, spec: str) -> str:
 def _row_cells(r: dict) -> list[str]:
     m = r["metrics"]
     train = r.get("train_seconds")
-    return [r["name"], _fmt(r.get("params_M"), ".2f"), _fmt(r.get("sequential_steps"), "d"),
+    name = r["name"] + (f" (seed {r['train_seed']})" if r.get("train_seed") else "")
+    return [name, _fmt(r.get("params_M"), ".2f"), _fmt(r.get("sequential_steps"), "d"),
             _fmt(m["fid"], ".2f"), _fmt(m["kid_mean"] * 1e3 if m["kid_mean"] is not None else None, ".2f"),
             _fmt(m["precision"], ".3f"), _fmt(m["recall"], ".3f"), _fmt(m["class_agreement"], ".1%"),
-            _fmt(m["within_class_diversity"], ".2f"), _fmt(r.get("sample_ms_per_image"), ".1f"),
+            _fmt(m["within_class_diversity"], ".2f"), _fmt(m.get("seam"), ".2f"), _fmt(r.get("sample_ms_per_image"), ".1f"),
             _fmt(train / 60 if train else None, ".1f")]
 
 
 HEADER = ["model", "params (M)", "seq. steps", "FID", "KID x1e3", "precision", "recall", "class agr.",
-          "diversity", "ms/img (b64)", "train min"]
+          "diversity", "seam", "ms/img (b64)", "train min"]
 
 
 def markdown_report(result: dict) -> str:
-    """One table for the models, one per ablation (each with the shared NestAR reference arm)."""
+    """One table for the models, one per ablation (each with the shared NestAR reference arm); with
+    more than one training seed, first the mean ± std table and then one row per (entry, seed)."""
     rows = result["rows"]
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines = []
+    if len(result.get("train_seeds", [0])) > 1:
+        lines += ["**Mean ± std over training seeds**", "", summary_table(result["summary"]).rstrip("\n"), "",
+                  "**Per seed**", ""]
+    lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in rows:
         if r["group"] == "models":
             lines.append("| " + " | ".join(_row_cells(r)) + " |")

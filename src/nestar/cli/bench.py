@@ -17,6 +17,16 @@ def _grids(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--grids takes comma-separated ints (e.g. 8,16,32), got {text!r}") from e
 
 
+def _csv_ints(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(t) for t in _csv_list(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 0,1,2), got {text!r}") from e
+    if not out or len(set(out)) != len(out) or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative integers (e.g. 0,1,2), got {text!r}")
+    return out
+
+
 def _load(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--load takes NAME=PATH, got {text!r}")
@@ -73,9 +83,21 @@ def add_parser(sub) -> None:
     q.add_argument("--num-eval", type=int, default=1000, help="samples per model (balanced labels)")
     q.add_argument("--kid-subset-size", type=int, default=1000)
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--train-seeds", type=_csv_ints, default=(0,),
+                   help="comma-separated training seeds, one model per seed and entry (e.g. 0,1,2); tables give "
+                        "mean ± std, and seed s samples with --seed + s")
     q.add_argument("--quick", action="store_true", help="tiny presets: a smoke test of the harness")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=run_quality)
+
+    c = bsub.add_parser(
+        "claims", help="check the paper's claims against quality-bench results (mean ± std over seeds)",
+        description="Read the summaries of one or more quality.json files (later files win per entry), check each "
+                    "claim (NestAR vs raster FID and seams, recall vs next-scale, first-module effect) and write "
+                    "a JSON report. A claim is decided only with N >= 5,000 and >= 3 training seeds per arm.")
+    c.add_argument("results", nargs="+", help="quality.json files written by `nestar bench quality`")
+    c.add_argument("--out", default="docs/results/claims.json", help="where to write the report")
+    c.set_defaults(func=run_claims)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,10 +126,24 @@ def run_quality(args: argparse.Namespace) -> int:
         suites=tuple(args.suite), only=tuple(args.only) if args.only else None, runs_dir=args.runs_dir,
         out=args.out, num_eval=args.num_eval, seed=args.seed, quick=args.quick,
         overrides=list(getattr(args, "overrides", []) or []), kid_subset_size=args.kid_subset_size,
-        progress=not args.quiet,
+        train_seeds=tuple(args.train_seeds), progress=not args.quiet,
     )
     result = run_bench(opts)
     paths = write_report(result, args.out)
     print(markdown_report(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def run_claims(args: argparse.Namespace) -> int:
+    from nestar.bench.claims import evaluate_files
+    from nestar.config import save_json
+
+    report = evaluate_files(args.results)
+    save_json(report, args.out)
+    for c in report["claims"]:
+        verdict = {True: "holds", False: "does not hold", None: "undecided"}[c["holds"]]
+        diff = f"{c['difference']:+.3f}" if c.get("difference") is not None else "-"
+        print(f"{c['id']}: {verdict} (a - b = {diff}){'; ' + c['why'] if c.get('why') else ''}")
+    print(f"wrote {args.out}")
     return 0

@@ -244,7 +244,10 @@ def _run(args: argparse.Namespace) -> int:
         if images is None:  # a torchrun rank other than 0: its share is sampled and sent
             return 0
         data_cfg = pipe.config.data
+        tok = pipe.config.tokenizer
+        seam_patch = tok.patch_size if tok.name == "patch" else None
     else:
+        seam_patch = None
         from nestar.cli.common import load_config
 
         data_cfg = load_config(args).data
@@ -272,7 +275,8 @@ def _run(args: argparse.Namespace) -> int:
             clf = ClassifierExtractor(model, info, args.device)
             class_logits, classifier_info = clf.extract(images, progress=progress, desc="classifier")[1], clf.describe()
         metrics = compute_metrics(feats, logits, labels, ref, class_logits=class_logits,
-                                  kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size)
+                                  kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
+                                  images=images, seam_patch_size=seam_patch)
     notes += sorted({str(w.message) for w in caught})
     for n in notes:
         print(f"warning: {n}", file=sys.stderr)

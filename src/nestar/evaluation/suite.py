@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from nestar.evaluation import metrics as M
+from nestar.evaluation.seams import seam_statistic
 
 
 def balanced_labels(n: int, num_classes: int):
@@ -15,7 +16,7 @@ def balanced_labels(n: int, num_classes: int):
 
 
 def compute_metrics(feats, logits, labels, ref, *, class_logits=None, kid_subsets: int = 100,
-                    kid_subset_size: int = 1000) -> dict:
+                    kid_subset_size: int = 1000, images=None, seam_patch_size: Optional[int] = None) -> dict:
     """Every metric of SPEC 6 from fake features/logits and the reference statistics.
 
     `logits` (the extractor's) feed the Inception-style score; `class_logits` (the dataset
@@ -34,4 +35,5 @@ def compute_metrics(feats, logits, labels, ref, *, class_logits=None, kid_subset
     div_labels = labels if labels is not None else (class_logits.argmax(1) if class_logits is not None else None)
     out["within_class_diversity"] = M.within_class_diversity(feats, div_labels) if div_labels is not None else None
     out["within_class_diversity_real"] = M.within_class_diversity(ref.features, ref.labels)
+    out["seam"] = seam_statistic(images, seam_patch_size) if images is not None and seam_patch_size else None
     return out

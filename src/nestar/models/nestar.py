@@ -28,6 +28,11 @@ from nestar.models.layers import KVCache, Transformer
 from nestar.models.orders import ORDERS, GenerationOrder
 
 _COND, _CONTENT, _QUERY = 0, 1, 2
+PREFIX_NOISE_MODES = ("all", "boundary")
+LOSS_WEIGHTINGS = ("module", "token")
+EMBED_INITS = ("default", "raster")
+# the 8 neighbours of a grid cell, (row, column) offsets
+_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
 @dataclass
@@ -38,6 +43,14 @@ class NestARConfig:
     the first module's size is a known lever on diversity. `shared_trunk`: one transformer for all
     modules plus a module embedding. `prefix_noise`: max level s of the coordination augmentation
     x <- (1-s) x + s*eps applied to conditioning tokens at training (s ~ U(0, prefix_noise); 0 = off).
+    `prefix_noise_mode`: 'all' corrupts every content token, level unknown to the module; 'boundary'
+    corrupts only the prefix from earlier modules, tells the module the level, and at sampling noises
+    the prefix at the fixed level `sample_prefix_noise` (cascaded-diffusion conditioning augmentation).
+    `neighbour_context`: each query token also embeds the values of its already-known 8 neighbours
+    (static tables from the order; nothing from its own or a later patch). `loss_weighting`: 'module'
+    sums the per-module mean losses (times `module_loss_weights`); 'token' weighs every token equally.
+    `order_offset`: cyclic shift of the order (lattice, 8x8, k=4: 2 puts module 1 at the quadrant
+    centres). `embed_init`: 'default' (PyTorch's) or 'raster' (truncated normal 0.02, as raster AR).
     """
 
     grid_size: int = 8
@@ -56,13 +69,19 @@ class NestARConfig:
     z_dim: int = 256
     label_dropout: float = 0.1
     prefix_noise: float = 0.0
+    prefix_noise_mode: str = "all"
+    sample_prefix_noise: float = 0.0
+    neighbour_context: bool = False
+    loss_weighting: str = "module"
+    order_offset: int = 0
+    embed_init: str = "default"
     module_loss_weights: Optional[tuple[float, ...]] = None
     head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
             raise ValueError(f"model.order must be one of {ORDERS}, got {self.order!r}")
-        m = GenerationOrder(self.grid_size, self.k, self.order).num_modules  # validates grid and k
+        m = GenerationOrder(self.grid_size, self.k, self.order, self.order_offset).num_modules  # validates
         for name in ("module_dims", "module_depths", "module_loss_weights"):
             v = getattr(self, name)
             if v is not None and len(v) != m:
@@ -71,6 +90,15 @@ class NestARConfig:
             raise ValueError("model.shared_trunk=True uses one transformer: unset module_dims/module_depths")
         if not 0 <= self.prefix_noise < 1:
             raise ValueError(f"model.prefix_noise must be in [0, 1), got {self.prefix_noise}")
+        if not 0 <= self.sample_prefix_noise < 1:
+            raise ValueError(f"model.sample_prefix_noise must be in [0, 1), got {self.sample_prefix_noise}")
+        for name, allowed in (("prefix_noise_mode", PREFIX_NOISE_MODES), ("loss_weighting", LOSS_WEIGHTINGS),
+                              ("embed_init", EMBED_INITS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.sample_prefix_noise and self.prefix_noise_mode != "boundary":
+            raise ValueError("model.sample_prefix_noise needs model.prefix_noise_mode='boundary' (the module "
+                             "must be told the level it is trained with)")
 
 
 class ModuleNet(nn.Module):
@@ -87,8 +115,15 @@ class ModuleNet(nn.Module):
         self.query = nn.Parameter(torch.zeros(width))
         self.patch_emb = nn.Parameter(torch.zeros(cfg.k + 1, width))  # index of the patch in its module
         self.module_emb = nn.Parameter(torch.zeros(num_module_embeddings, width)) if num_module_embeddings else None
+        # neighbour values + known flags of each query token; the level of the prefix noise
+        self.neighbour_in = nn.Linear(len(_NEIGHBOURS) * (cfg.token_dim + 1), width) if cfg.neighbour_context else None
+        self.level_in = nn.Linear(1, width, bias=False) if cfg.prefix_noise_mode == "boundary" else None
         for p in (self.cond_pos, self.pos, self.query, self.patch_emb):
             nn.init.trunc_normal_(p, std=0.02)
+        if cfg.embed_init == "raster":
+            nn.init.trunc_normal_(self.class_emb.weight, std=0.02)
+            nn.init.trunc_normal_(self.token_in.weight, std=0.02)
+            nn.init.zeros_(self.token_in.bias)
         self.transformer = Transformer(width, depth, max(1, width // cfg.head_dim), cfg.mlp_ratio)
         self.z_out = nn.Linear(width, cfg.z_dim)
 
@@ -100,15 +135,28 @@ class ModuleNet(nn.Module):
         query_pos: torch.Tensor,
         query_patch: torch.Tensor,
         module: int,
+        neighbours_BqF: Optional[torch.Tensor] = None,
+        level_B: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Input embeddings; `labels_B` None means the condition tokens are already in the cache."""
+        """Input embeddings; `labels_B` None means the condition tokens are already in the cache.
+
+        `neighbours_BqF`: the queries' known-neighbour features (`neighbour_context`); `level_B`: the
+        prefix noise level told to the module ('boundary' mode), added to the condition tokens.
+        """
         b = content_BnC.shape[0]
         parts = []
         if labels_B is not None:
-            parts.append(self.class_emb(labels_B)[:, None, :] + self.cond_pos[None])
+            cond = self.class_emb(labels_B)[:, None, :] + self.cond_pos[None]
+            if self.level_in is not None:
+                lv = level_B if level_B is not None else torch.zeros(b, device=cond.device)
+                cond = cond + self.level_in(lv[:, None].to(cond.dtype))[:, None, :]
+            parts.append(cond)
         if content_BnC.shape[1]:
             parts.append(self.token_in(content_BnC) + self.pos[content_pos][None])
-        parts.append((self.query + self.pos[query_pos] + self.patch_emb[query_patch])[None].expand(b, -1, -1))
+        queries = (self.query + self.pos[query_pos] + self.patch_emb[query_patch])[None].expand(b, -1, -1)
+        if self.neighbour_in is not None:
+            queries = queries + self.neighbour_in(neighbours_BqF)
+        parts.append(queries)
         h = torch.cat(parts, dim=1)
         if self.module_emb is not None:
             h = h + self.module_emb[module - 1]
@@ -125,7 +173,7 @@ class NestAR(GenerativeModel):
     def __init__(self, cfg: NestARConfig):
         super().__init__()
         self.config, self.num_classes = cfg, cfg.num_classes
-        self.order = GenerationOrder(cfg.grid_size, cfg.k, cfg.order)
+        self.order = GenerationOrder(cfg.grid_size, cfg.k, cfg.order, cfg.order_offset)
         self.num_modules = self.order.num_modules
         M = self.num_modules
         if cfg.shared_trunk:
@@ -140,6 +188,7 @@ class NestAR(GenerativeModel):
         self.register_buffer("perm", self.order.perm.clone(), persistent=False)
         self.register_buffer("inv_perm", self.order.inv_perm.clone(), persistent=False)
         self._plans = {m: self._plan(m) for m in range(1, M + 1)}
+        self._neighbours = {m: self._neighbour_table(m) for m in range(1, M + 1)} if cfg.neighbour_context else {}
 
     # ----- layout ---------------------------------------------------------------------------
     def trunk(self, m: int) -> ModuleNet:
@@ -156,6 +205,40 @@ class NestAR(GenerativeModel):
         content_lab = torch.cat([torch.zeros(P, dtype=torch.long), torch.arange(1, T).repeat_interleave(S)])
         query_lab = torch.arange(1, T + 1).repeat_interleave(S)
         return dict(P=P, S=S, T=T, n_content=n_content, content_lab=content_lab, query_lab=query_lab)
+
+    def _neighbour_table(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(order index, known) of the 8 neighbours of each query token of module m, (T*S, 8) each.
+
+        Neighbours are taken on the lattice module m completes (stride 4 then 2 then 1 for 8x8, k=4,
+        lattice order; 1 for z-order), so a module-2 token sees the anchors around it. A neighbour is
+        known iff it comes before the query's own patch in the order, so a query never sees a value of
+        its own or a later patch (tests/test_nestar.py checks the gradients).
+        """
+        P, S, T = self.order.layout(m)
+        g = self.config.grid_size
+        sr, sc = self.order.strides(P + T * S)
+        q = torch.arange(P, P + T * S)
+        cell = self.order.perm[q]
+        r, c = cell // g, cell % g
+        patch_start = P + (q - P) // S * S
+        idx = torch.zeros(len(q), len(_NEIGHBOURS), dtype=torch.long)
+        known = torch.zeros(len(q), len(_NEIGHBOURS), dtype=torch.bool)
+        for j, (dr, dc) in enumerate(_NEIGHBOURS):
+            rr, cc = r + dr * sr, c + dc * sc
+            inside = (rr >= 0) & (rr < g) & (cc >= 0) & (cc < g)
+            o = self.order.inv_perm[rr.clamp(0, g - 1) * g + cc.clamp(0, g - 1)]
+            known[:, j] = inside & (o < patch_start)
+            idx[:, j] = torch.where(known[:, j], o, 0)
+        return idx, known
+
+    def _neighbour_features(self, m: int, rows: slice, src_BnC: torch.Tensor) -> Optional[torch.Tensor]:
+        """Known-neighbour values and flags of the query rows `rows` of module m, gathered from `src_BnC`."""
+        if not self._neighbours:
+            return None
+        idx, known = (t[rows].to(src_BnC.device) for t in self._neighbours[m])
+        vals = src_BnC[:, idx] * known[None, :, :, None].to(src_BnC.dtype)  # (B, q, 8, C)
+        flags = known[None].to(src_BnC.dtype).expand(src_BnC.shape[0], -1, -1)
+        return torch.cat([vals.flatten(2), flags], dim=-1)
 
     def _mask(self, content_lab: torch.Tensor, query_lab: torch.Tensor) -> torch.Tensor:
         """Boolean (L, L) attention mask, True = may attend, over [cond; content; queries]."""
@@ -177,17 +260,25 @@ class NestAR(GenerativeModel):
         """Teacher-forced conditions z (B, T*S, z_dim) for all target tokens of module m."""
         pl = self._plans[m]
         dev = x_ord_BNC.device
+        P, S, T = pl["P"], pl["S"], pl["T"]
         content = x_ord_BNC[:, : pl["n_content"]]
         if noise_level_B is not None:  # prefix-noise coordination: corrupt what the module conditions on
-            s = noise_level_B[:, None, None].to(content.dtype)
-            content = (1 - s) * content + s * torch.randn_like(content)
-        P, S, T = pl["P"], pl["S"], pl["T"]
+            noisy = self._noised(content if self.config.prefix_noise_mode == "all" else content[:, :P], noise_level_B)
+            content = noisy if self.config.prefix_noise_mode == "all" else torch.cat([noisy, content[:, P:]], 1)
         content_pos = self.perm[: pl["n_content"]]
         query_pos = self.perm[P : P + T * S]
         trunk = self.trunk(m)
-        h = trunk.embed(labels_B, content, content_pos, query_pos, pl["query_lab"].to(dev), m)
+        nb = self._neighbour_features(m, slice(None), content)
+        h = trunk.embed(labels_B, content, content_pos, query_pos, pl["query_lab"].to(dev), m, nb, noise_level_B)
         mask = self._mask(pl["content_lab"], pl["query_lab"]).to(dev)
         return trunk(h, mask, num_queries=T * S)
+
+    @staticmethod
+    def _noised(x_BnC: torch.Tensor, level_B: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """x <- (1 - s) x + s eps, one level s per sample."""
+        s = level_B[:, None, None].to(x_BnC.dtype)
+        eps = torch.randn(x_BnC.shape, generator=generator, device=x_BnC.device, dtype=x_BnC.dtype)
+        return (1 - s) * x_BnC + s * eps
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         tokens_BLC, labels_B = batch["tokens"], batch["labels"]
@@ -204,7 +295,9 @@ class NestAR(GenerativeModel):
             P, S, T = self.order.layout(m)
             loss_m = self.head.loss(x_ord[:, P : P + T * S], z, group_size=S)
             out[f"loss_m{m}"] = loss_m.detach()
-            total = total + weights[m - 1] * loss_m
+            # 'token': module m's mean counts by its share of the tokens, so the sum is a per-token mean
+            share = T * S / self.order.num_tokens if cfg.loss_weighting == "token" else 1.0
+            total = total + weights[m - 1] * share * loss_m
         out["loss"] = total
         return out
 
@@ -240,6 +333,7 @@ class NestAR(GenerativeModel):
             trunk = self.trunk(m)
             c = self.config.num_cond_tokens
             caches = trunk.transformer.new_caches(B2, c + P + T * S, dtype, dev) if use_cache else None
+            x_in, level = self._sampling_prefix(x_ord, P, B, guided, generator)
             start = 0
             for b in range(1, T + 1):
                 n_content = P + (b - 1) * S
@@ -247,13 +341,16 @@ class NestAR(GenerativeModel):
                 query_lab = torch.full((S,), b, dtype=torch.long)
                 query_pos = self.perm[n_content : n_content + S]
                 mask = self._mask(content_lab, query_lab).to(dev)
+                nb = self._neighbour_features(m, slice((b - 1) * S, b * S), x_in)
                 if use_cache:
                     new_from = 0 if b == 1 else n_content - S
-                    h = trunk.embed(lab if b == 1 else None, x_ord[:, new_from:n_content], self.perm[new_from:n_content], query_pos, query_lab.to(dev), m)
+                    h = trunk.embed(lab if b == 1 else None, x_in[:, new_from:n_content], self.perm[new_from:n_content],
+                                    query_pos, query_lab.to(dev), m, nb, level)
                     z = trunk(h, mask[-h.shape[1] :], S, caches, start)
                     start += h.shape[1] - S  # queries' K/V are scratch: the next patch overwrites them
                 else:
-                    h = trunk.embed(lab, x_ord[:, :n_content], self.perm[:n_content], query_pos, query_lab.to(dev), m)
+                    h = trunk.embed(lab, x_in[:, :n_content], self.perm[:n_content], query_pos, query_lab.to(dev), m,
+                                    nb, level)
                     z = trunk(h, mask, S)
                 z = z.reshape(B2 * S, -1) if not guided else z.reshape(2, B * S, -1)
                 w = cfg_scale(cfg, cfg_schedule, (n_content + S) / N)
@@ -267,8 +364,26 @@ class NestAR(GenerativeModel):
                     group_size=S,
                 ).to(dtype)
                 x_new = x_new.view(B, S, C)
-                x_ord[:B, n_content : n_content + S] = x_new
-                if guided:
-                    x_ord[B:, n_content : n_content + S] = x_new
+                for x in {id(x_ord): x_ord, id(x_in): x_in}.values():  # x_in is x_ord unless the prefix is noised
+                    x[:B, n_content : n_content + S] = x_new
+                    if guided:
+                        x[B:, n_content : n_content + S] = x_new
             intermediates.append(self.order.preview(x_ord[:B, :, :][:, self.inv_perm], P + T * S))
         return SampleOutput(tokens=x_ord[:B, self.inv_perm], intermediates=intermediates, sequential_steps=self.sequential_steps())
+
+    def _sampling_prefix(self, x_ord: torch.Tensor, P: int, B: int, guided: bool,
+                         generator: Optional[torch.Generator]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """What a module reads at sampling: x_ord itself, or ('boundary' mode with `sample_prefix_noise`)
+        a copy whose prefix is noised at the fixed level, one noise draw shared by both guidance halves."""
+        cfg = self.config
+        if cfg.prefix_noise_mode != "boundary":
+            return x_ord, None
+        level = torch.full((x_ord.shape[0],), cfg.sample_prefix_noise if P else 0.0, device=x_ord.device)
+        if not (P and cfg.sample_prefix_noise):
+            return x_ord, level
+        x_in = x_ord.clone()
+        noisy = self._noised(x_ord[:B, :P], level[:B], generator)
+        x_in[:B, :P] = noisy
+        if guided:
+            x_in[B:, :P] = noisy
+        return x_in, level

@@ -7,6 +7,8 @@ Both orders are Morton (quadtree) orders; they differ in which coordinates are i
   sub-lattice of the grid (coarse image first); each later patch is an interleaved offset
   sub-lattice, so every new token is surrounded by known ones.
 With k = 4 one module doubles the resolution in both axes; with k = 2 it alternates columns and rows.
+An `offset` shifts either order cyclically, so that the first tokens sit at (offset, offset) + the
+sub-lattice instead of the top-left corners (which are background on centred datasets).
 """
 from __future__ import annotations
 
@@ -49,21 +51,25 @@ def num_modules(num_tokens: int, k: int) -> int:
 class GenerationOrder:
     """Permutation of a square token grid (side a power of 2) into NestAR generation order."""
 
-    def __init__(self, grid_size: int, k: int, kind: str = "lattice"):
+    def __init__(self, grid_size: int, k: int, kind: str = "lattice", offset: int = 0):
         if kind not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {kind!r}")
         if not _is_pow2(grid_size):
             raise ValueError(f"NestAR needs a square token grid whose side is a power of 2, got {grid_size}")
         if not _is_pow2(k):
             raise ValueError(f"NestAR's k must be a power of 2 for a square power-of-2 grid, got k={k}")
-        self.grid_size, self.k, self.kind = grid_size, k, kind
+        if not 0 <= offset < grid_size:
+            raise ValueError(f"order offset must be in [0, {grid_size}), got {offset}")
+        self.grid_size, self.k, self.kind, self.offset = grid_size, k, kind, offset
         self.num_tokens = grid_size * grid_size
         self.num_modules = num_modules(self.num_tokens, k)
         bits = grid_size.bit_length() - 1
         keys = []
         for r in range(grid_size):
             for c in range(grid_size):
-                rr, cc = (_reverse_bits(r, bits), _reverse_bits(c, bits)) if kind == "lattice" else (r, c)
+                # the offset shifts the grid cyclically: the first token sits at (offset, offset)
+                r0, c0 = (r - offset) % grid_size, (c - offset) % grid_size
+                rr, cc = (_reverse_bits(r0, bits), _reverse_bits(c0, bits)) if kind == "lattice" else (r0, c0)
                 keys.append(_interleave(rr, cc, bits))
         # perm[j] = raster index of the j-th generated token
         self.perm = torch.argsort(torch.tensor(keys))
@@ -87,6 +93,13 @@ class GenerationOrder:
         """k + (M-1)(k-1) = M(k-1) + 1 network evaluations per image."""
         return self.num_modules * (self.k - 1) + 1
 
+    def strides(self, num_known: int) -> tuple[int, int]:
+        """(row, column) spacing of the first `num_known` (a power of 2) tokens: 1 for z-order."""
+        if self.kind == "zorder":
+            return 1, 1
+        b = (num_known - 1).bit_length()  # num_known = 2^b
+        return 1 << (self._bits - b // 2), 1 << (self._bits - (b + 1) // 2)
+
     def preview(self, tokens_BLC: torch.Tensor, num_known: int) -> torch.Tensor:
         """A raster token grid showing only the first `num_known` generated tokens.
 
@@ -98,9 +111,9 @@ class GenerationOrder:
         known[self.perm[:num_known]] = True
         if self.kind == "zorder":
             return tokens_BLC * known.to(tokens_BLC.device)[None, :, None]
-        b = (num_known - 1).bit_length()  # num_known = 2^b
-        sc, sr = 1 << (self._bits - (b + 1) // 2), 1 << (self._bits - b // 2)
-        r = torch.arange(g)[:, None].expand(g, g)
-        c = torch.arange(g)[None, :].expand(g, g)
-        src = ((r - r % sr) * g + (c - c % sc)).reshape(-1).to(tokens_BLC.device)
+        sr, sc = self.strides(num_known)
+        o = self.offset
+        r = (torch.arange(g)[:, None].expand(g, g) - o) % g
+        c = (torch.arange(g)[None, :].expand(g, g) - o) % g
+        src = (((r - r % sr + o) % g) * g + (c - c % sc + o) % g).reshape(-1).to(tokens_BLC.device)
         return tokens_BLC[:, src]
