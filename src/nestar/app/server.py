@@ -136,22 +136,24 @@ def parse_request(form: dict, names: list[str], defaults, limits: Limits) -> Gen
     """Validate a form (a JSON object); `defaults` is the run's SampleConfig. Raises RequestError."""
     if not isinstance(form, dict):
         raise RequestError("the request must be a JSON object")
-    classes = parse_classes(form.get("classes"), names)
-    per_class = _number(form, "per_class", 4, int, 1, limits.max_images, "samples per class")
-    if len(classes) * per_class > limits.max_images:
-        raise RequestError(f"{len(classes)} classes x {per_class} samples = {len(classes) * per_class} images is over "
-                           f"this server's limit of {limits.max_images} per request: pick fewer classes or samples")
     schedule = str(form.get("cfg_schedule") or defaults.cfg_schedule)
     if schedule not in ("constant", "linear"):
         raise RequestError(f"guidance schedule must be 'constant' or 'linear', got {schedule!r}")
-    return GenerateRequest(
-        classes=classes, per_class=per_class, cfg_schedule=schedule,
+    req = GenerateRequest(
+        classes=parse_classes(form.get("classes"), names), cfg_schedule=schedule,
+        per_class=_number(form, "per_class", min(4, limits.max_images), int, 1, limits.max_images,
+                          "samples per class"),
         cfg=_number(form, "cfg", defaults.cfg, float, 0.0, limits.max_cfg, "guidance scale"),
         temperature=_number(form, "temperature", defaults.temperature, float, 0.01, limits.max_temperature,
                             "temperature"),
         num_steps=_number(form, "num_steps", defaults.num_steps, int, 1, limits.max_head_steps, "head steps"),
         seed=_number(form, "seed", defaults.seed, int, 0, 2**31 - 1, "seed"),
     )
+    total = len(req.classes) * req.per_class
+    if total > limits.max_images:  # checked last: the fields' own messages are more specific
+        raise RequestError(f"{len(req.classes)} classes x {req.per_class} samples = {total} images is over this "
+                           f"server's limit of {limits.max_images} per request: pick fewer classes or samples")
+    return req
 
 
 def _png_data_url(path: Path) -> str:
