@@ -194,3 +194,14 @@ def test_cli_serve_port_in_use(tmp_path, capsys):
         s.listen()
         assert main(["serve", str(model_dir), "--port", str(s.getsockname()[1])]) == 2
     assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+
+
+def test_class_names_of_an_image_folder(tmp_path):
+    from nestar.app.server import class_names
+    from nestar.data import DataConfig
+
+    for name in ("zebra", "apple"):
+        (tmp_path / name).mkdir()
+    assert class_names(DataConfig(name="folder", data_dir=str(tmp_path), num_classes=2)) == ["apple", "zebra"]
+    gone = DataConfig(name="folder", data_dir=str(tmp_path / "elsewhere"), num_classes=3)
+    assert class_names(gone) == ["class 0", "class 1", "class 2"]  # the folder is not on this machine
