@@ -102,6 +102,10 @@ def test_http_bounds_and_routes(server):
     srv, url = server
     status, out = post(url, b"x" * (64 * 1024 + 1))
     assert status == 400 and "bytes of JSON" in out["error"]
+    form = urllib.request.Request(url + "/api/generate", data=b"classes=Bag")  # a plain form post, as from another site
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(form, timeout=10)
+    assert e.value.code == 415
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(url + "/nope", timeout=10)
     assert e.value.code == 404

@@ -248,6 +248,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] != "/api/generate":
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {self.path}"})
             return
+        if self.headers.get_content_type() != "application/json":
+            # Also keeps other web sites out: a cross-origin JSON POST needs a CORS preflight, never granted here.
+            self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send the request as application/json"})
+            return
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
