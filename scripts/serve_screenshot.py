@@ -31,7 +31,8 @@ def main() -> int:
             page = browser.page(args.width, 800)
             page.goto(f"http://127.0.0.1:{server.server_address[1]}/?{args.query}&run=1")
             state = page.wait_for("!document.getElementById('go').disabled && document.body.dataset.state", 300)
-            text = {k: page.evaluate(f"document.getElementById('{k}').textContent") for k in ("error", "status", "stat-time")}
+            text = {k: page.evaluate(f"document.getElementById('{k}').textContent")
+                    for k in ("error", "status", "stat-time")}
             if state != "done":
                 raise SystemExit(f"the page shows an error: {text['error']}")
             print(f"{text['status']}; {text['stat-time']} s")

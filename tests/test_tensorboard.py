@@ -20,8 +20,9 @@ def random_data(n: int = 64) -> TensorImageDataset:
 
 
 def cfg(steps: int = 10):
-    return apply_overrides(get_preset("nestar-tiny"), [f"train.steps={steps}", "train.log_every=5", "train.ckpt_every=5",
-                                                        "train.device='cpu'", "train.tensorboard=true"])
+    return apply_overrides(get_preset("nestar-tiny"), [f"train.steps={steps}", "train.log_every=5",
+                                                        "train.ckpt_every=5", "train.device='cpu'",
+                                                        "train.tensorboard=true"])
 
 
 def scalars(log_dir) -> dict[str, list[tuple[int, float]]]:

@@ -62,6 +62,10 @@ def _front_matter(cfg) -> str:
     return "\n".join(lines + ["---", ""])
 
 
+def _tokenizer_text(tok) -> str:
+    return f"{tok.name}, {tok.patch_size}x{tok.patch_size} pixels" if tok.name == "patch" else tok.name
+
+
 def _tokenizer_note(cfg) -> list[str]:
     if cfg.tokenizer.name == "patch":
         return []  # pixel patches: nothing beyond these files is needed
@@ -77,9 +81,9 @@ def model_card(cfg, num_params: int, sequential_steps: int, metrics: Optional[di
     where = repo_id or "path/to/this/folder"
     model_rows = [("model type", cfg.model_type), ("preset", cfg.preset or "(custom config)"),
                   ("parameters", f"{num_params / 1e6:.2f}M"), ("sequential steps per image", sequential_steps),
-                  ("data", f"{d.name}, {d.image_size}x{d.image_size}, {d.channels} channel(s), {d.num_classes} classes"),
-                  ("tokenizer", f"{cfg.tokenizer.name}" + (f", {cfg.tokenizer.patch_size}x{cfg.tokenizer.patch_size} pixels"
-                                                           if cfg.tokenizer.name == "patch" else ""))]
+                  ("data", f"{d.name}, {d.image_size}x{d.image_size}, {d.channels} channel(s), "
+                           f"{d.num_classes} classes"),
+                  ("tokenizer", _tokenizer_text(cfg.tokenizer))]
     for key in ("k", "order", "dim", "depth"):
         if hasattr(cfg.model, key):
             model_rows.append((f"model.{key}", getattr(cfg.model, key)))

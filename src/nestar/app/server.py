@@ -257,7 +257,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if not 0 < length <= MAX_BODY_BYTES:
-            self._json(HTTPStatus.BAD_REQUEST, {"error": f"the request body must be 1 to {MAX_BODY_BYTES} bytes of JSON"})
+            self._json(HTTPStatus.BAD_REQUEST,
+                       {"error": f"the request body must be 1 to {MAX_BODY_BYTES} bytes of JSON"})
             return
         try:
             form = json.loads(self.rfile.read(length))
