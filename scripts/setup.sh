@@ -21,8 +21,9 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
-# constraints.txt pins torch==2.13.0 for every install command here.
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+# constraints.txt pins torch==2.13.0 for every install command here. NESTAR_EXTRAS: the extras to
+# install (scripts/test.sh adds hub and tensorboard, whose tests would otherwise skip).
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[${NESTAR_EXTRAS:-test}]"
 .venv/bin/python - <<'PYEOF'
 import sys, torch
 want = "2.13.0"

@@ -70,3 +70,19 @@ def fake_inception(tmp_path, monkeypatch) -> str:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.script(FakeInception(dim=16)).save(str(path))  # small features keep the test fast
     return f"inception:{path}:0-255"  # NVIDIA's convention, given explicitly (unknown file)
+
+
+@pytest.fixture
+def require():
+    """`require(ok, reason)`: skip when an optional tool or extra is missing, but fail under
+    NESTAR_REQUIRE_OPTIONAL=1, which .ci/run sets after installing them all (so CI never skips)."""
+    import os
+
+    def check(ok: bool, reason: str) -> None:
+        if ok:
+            return
+        if os.environ.get("NESTAR_REQUIRE_OPTIONAL") == "1":
+            pytest.fail(f"{reason} (NESTAR_REQUIRE_OPTIONAL=1: CI must install it)")
+        pytest.skip(reason)
+
+    return check

@@ -23,8 +23,9 @@ class PipelineOutput:
 class Pipeline:
     """A trained generator plus its tokenizer and run config; None sampling arguments use config.sample."""
 
-    def __init__(self, model: GenerativeModel, tokenizer: Tokenizer, config):
+    def __init__(self, model: GenerativeModel, tokenizer: Tokenizer, config, source: Optional[Path] = None):
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
+        self.source = source  # where from_pretrained read it (its metrics go into save_pretrained's card)
 
     @property
     def precision(self) -> Precision:
@@ -33,8 +34,14 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, path, device: str = "cpu", use_ema: bool = True) -> "Pipeline":
-        """`path`: a run directory, a checkpoint .safetensors file, or a save_pretrained directory."""
+        """`path`: a run directory, a checkpoint .safetensors file, a save_pretrained directory, or a
+        Hugging Face Hub repo id 'owner/name[@revision]' (nestar.hub; a local path of that name wins)."""
         p = Path(path)
+        if not p.exists():
+            from nestar import hub
+
+            if hub.parse_repo_id(str(path)):
+                p = hub.download(str(path))
         if p.is_dir() and (p / "checkpoints" / "last.safetensors").is_file():
             model, config = load_model_from_checkpoint(p / "checkpoints" / "last.safetensors", use_ema)
         elif p.is_file() and p.name == "model.safetensors" and (p.parent / "config.json").is_file():
@@ -47,11 +54,23 @@ class Pipeline:
             raise CheckpointError(f"{p} is neither a run directory (checkpoints/last.safetensors), "
                                   f"a checkpoint file, nor a saved model (model.safetensors + config.json)")
         tok = build_tokenizer(config.tokenizer, config.data.image_size, config.data.channels)
-        return cls(model.to(device), tok.to(device).eval(), config)
+        return cls(model.to(device), tok.to(device).eval(), config, source=p)
 
-    def save_pretrained(self, directory) -> Path:
-        """Write `model.safetensors` + `config.json`; `Pipeline.from_pretrained(directory)` reads them back."""
-        return save_pretrained(directory, self.model, self.config)
+    def save_pretrained(self, directory, metrics: Optional[dict] = None, repo_id: Optional[str] = None) -> Path:
+        """Write `model.safetensors` + `config.json` + a `README.md` model card (the Hub layout);
+        `Pipeline.from_pretrained(directory)` reads them back. `metrics` (default: those found where
+        the pipeline was loaded from) go into the card and `metrics.json`; `repo_id` into its usage lines."""
+        from nestar.model_card import write_model_card
+
+        out = save_pretrained(directory, self.model, self.config)
+        write_model_card(out, self, metrics, repo_id)
+        return out
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload weights, config and model card to the Hub (nestar.hub.push_to_hub); returns the commit URL."""
+        from nestar.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     @property
     def device(self) -> torch.device:

@@ -51,6 +51,7 @@ class TrainConfig:
     precision: str = "auto"
     seed: int = 0
     log_every: int = 50
+    tensorboard: bool = False  # also log the CSV rows to <run_dir>/tensorboard (extra: nestar[tensorboard])
     sample_every: int = 1000  # 0 = never
     ckpt_every: int = 500
     num_workers: int = 0

@@ -15,6 +15,7 @@ COMMANDS = {
     "train-tokenizer": "nestar.cli.train_tokenizer",
     "cache-latents": "nestar.cli.cache_latents",
     "eval": "nestar.cli.eval",
+    "serve": "nestar.cli.serve",
 }
 
 

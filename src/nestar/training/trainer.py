@@ -34,6 +34,7 @@ from nestar.training.checkpoint import (
 from nestar.training.data_order import StepBatchSampler, collate
 from nestar.training.ema import make_ema, update_ema
 from nestar.training.lr import apply_hparams, lr_at, make_optimizer
+from nestar.training.tensorboard_log import TensorBoardLogger
 from nestar.utils.images import save_grid
 from nestar.utils.precision import resolve_precision
 
@@ -162,6 +163,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_json(config_to_dict(cfg), self.run_dir / "config.json")
             self._trim_log()
+        self._tb = TensorBoardLogger(self.run_dir / "tensorboard", self.step) if tc.tensorboard and env.is_main else None
         D.barrier(env)
 
     # -- pieces ------------------------------------------------------------------------------
@@ -223,6 +225,8 @@ class Trainer:
             if new:
                 w.writeheader()
             w.writerow(row)
+        if self._tb is not None:
+            self._tb.log(row)
 
     @torch.no_grad()
     def sample_grid(self, path, per_class: int = 8) -> Path:
