@@ -139,6 +139,7 @@ class Trainer:
         self.step = 0
         self.ckpt_step: Optional[int] = None  # step of the last checkpoint this run wrote or resumed from
         self.ckpt_file: Optional[Path] = None  # the file holding it (prev.safetensors after a fallback)
+        self._last_batch: Optional[dict] = None
         found = resume and (self.ckpt_path.exists() or self.prev_path.exists())
         every, anyone = D.all_agree(found, env)
         if every != anyone:
@@ -285,6 +286,9 @@ class Trainer:
         """
         tc, env = self.cfg.train, self.dist
         layout = dict(world_size=env.world_size, grad_accum=tc.grad_accum)
+        after = self._loss_after_update()
+        if not math.isfinite(after):  # finite but exploded weights (e.g. ~1e30) pass the value check below
+            raise TrainingDivergedError(self._nonfinite_msg(f"the loss of the updated weights is {after}"))
         model_sd, optim_sd = {}, {}
         if self.fsdp:
             model_sd, optim_sd = D.gather_fsdp_state(self._root, self.optimizer)
@@ -295,12 +299,26 @@ class Trainer:
         bad = nonfinite_report(model_sd, ema_sd, optim_sd) if env.is_main else ""
         _, any_bad = D.all_agree(bool(bad), env)
         if any_bad:
-            raise TrainingDivergedError(self._nonfinite_msg(bad or "non-finite values (found by rank 0)"))
+            raise TrainingDivergedError(self._nonfinite_msg(f"{bad or 'non-finite values'} in the weights, EMA or "
+                                                            f"optimizer state"))
         if env.is_main:
             write_checkpoint(self.ckpt_path, model_state=model_sd, ema_state=ema_sd, optimizer_state=optim_sd,
                              step=self.step, config=self.cfg, extra={"loss": loss}, previous=self.prev_path, **layout)
         D.barrier(env)
         self.ckpt_step, self.ckpt_file = self.step, self.ckpt_path
+
+    @torch.no_grad()
+    def _loss_after_update(self) -> float:
+        """Loss of the current weights on the last micro-batch (collective), 0.0 before any step.
+
+        Runs under `fork_rng`, so the training RNG stream, and with it exact resume, is untouched.
+        """
+        if self._last_batch is None:
+            return 0.0
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), self.precision.autocast(self.device.type):
+            loss = self._root(self._last_batch)["loss"].float().detach()
+        return D.all_reduce_mean(loss, self.dist).item()
 
     def _trim_log(self) -> None:
         """Drop log rows past the resumed step (written after the last checkpoint of a crashed run) and
@@ -388,8 +406,9 @@ class Trainer:
             images, labels = fetch(j)
             with D.grad_sync(self._train_module, j == accum - 1):
                 tokens_BLC = self._tokens(images)
+                batch = {"tokens": tokens_BLC, "labels": labels.to(self.device)}
                 with self.precision.autocast(self.device.type):
-                    out = self._train_module({"tokens": tokens_BLC, "labels": labels.to(self.device)})
+                    out = self._train_module(batch)
                 loss = out["loss"].float()
                 if not env.enabled and not torch.isfinite(loss):  # distributed: checked on the reduced loss below
                     raise TrainingDivergedError(self._diverged_msg("loss", loss.item()))
@@ -407,12 +426,19 @@ class Trainer:
         lr = lr_at(self.step, tc)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except RuntimeError as e:  # e.g. lr / bias correction beyond float range: a divergence, not a bug
+            if "overflow" not in str(e):
+                raise
+            self.step += 1  # the weights are already partly updated: report it as this step's divergence
+            raise TrainingDivergedError(self._nonfinite_msg(f"the optimizer step overflowed: {e}")) from e
         if self._sharded_ema is not None:
             self._sharded_ema.update(self.step, tc.ema_decay)
         else:
             update_ema(self.ema, self.model, self.step, tc.ema_decay)
         self.step += 1
+        self._last_batch = batch  # for the health check of the updated weights before a checkpoint
         return {"loss": stats[0], **dict(zip(keys, stats[1:])), "lr": lr, "grad_norm": gnorm.item()}
 
     def _last_good(self) -> str:
@@ -421,13 +447,20 @@ class Trainer:
         return "no checkpoint of this run was written yet"
 
     def _diverged_msg(self, what: str, value: float) -> str:
-        return (f"{what} is {value} at step {self.step + 1}: training stopped before the update; {self._last_good()}. "
-                f"Check the data, or try a lower --train.lr, --train.precision=fp32 or a smaller --train.grad_clip.")
+        hint = ""
+        if self.step == self.ckpt_step and self.ckpt_file == self.ckpt_path and self.prev_path.exists():
+            # The first step after the checkpoint fails: its weights may be the problem (e.g. written
+            # by a version without the health check), and the previous checkpoint is a way back.
+            hint = (f" The first step after that checkpoint fails, so its weights may be diverged; to restart from "
+                    f"the previous checkpoint, move {self.prev_path} over {self.ckpt_path}.")
+        return (f"{what} is {value} at step {self.step + 1}: training stopped before the update; {self._last_good()}."
+                f"{hint} Check the data, or try a lower --train.lr, --train.precision=fp32 or a smaller "
+                f"--train.grad_clip.")
 
-    def _nonfinite_msg(self, bad: str) -> str:
-        return (f"the weights diverged by step {self.step}: {bad} in the model/EMA/optimizer state; no checkpoint "
-                f"was written; {self._last_good()}. Rerun with a lower --train.lr (or a smaller --train.grad_clip) "
-                f"to continue from it.")
+    def _nonfinite_msg(self, detail: str) -> str:
+        then = "to continue from it" if self.ckpt_step is not None else "to start again"
+        return (f"the weights diverged by step {self.step} ({detail}); no checkpoint was written; {self._last_good()}. "
+                f"Rerun with a lower --train.lr (or a smaller --train.grad_clip) {then}.")
 
     # -- loop --------------------------------------------------------------------------------
     def fit(self, max_steps: Optional[int] = None) -> TrainResult:
