@@ -26,11 +26,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    import torch
-
     from nestar.config import ConfigError, apply_overrides, to_dict
     from nestar.data import build_dataset
     from nestar.data.latents import CacheLatentsConfig, cache_latents

@@ -40,8 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     bad = [e for e in extra if not (e.startswith("--") and "=" in e)]
     if bad:
         parser.error(f"unrecognised arguments: {' '.join(bad)} (config overrides take the form --section.key=value)")
-    if extra and not getattr(args, "takes_overrides", True):
-        parser.error(f"nestar {args.command} takes no --section.key=value overrides, got: {' '.join(extra)}")
     args.overrides = extra
     try:
         return int(args.func(args) or 0)
