@@ -48,7 +48,10 @@ def test_image_folder_resizes_crops_and_skips_corrupt_files(tmp_path):
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (40 + 10 * i, 64, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
     (tmp_path / "dogs" / "broken.jpg").write_bytes(b"not a jpeg at all")
-    ds = ImageFolderDataset(tmp_path, image_size=32, channels=1)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image file"):  # small folder: checked at start
+        checked = ImageFolderDataset(tmp_path, image_size=32, channels=1)
+    assert len(checked) == 6 and [p.name for p, _ in checked.skipped] == ["broken.jpg"]
+    ds = ImageFolderDataset(tmp_path, image_size=32, channels=1, verify=False)  # large folders: skipped when met
     assert ds.classes == ["cats", "dogs"] and len(ds) == 7
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -188,6 +188,10 @@ def test_fsdp_on_cpu(ddp_runs, tmp_path):
         pytest.skip("fully_shard does not run on CPU/gloo with this torch: a clear error was given")
     a = ckpt(ddp_runs / "a")
     assert_close_weights(a, ckpt(tmp_path / "f"))
+    # Stopped at step 2 and resumed under FSDP: bit-exact with the straight FSDP run (issue 14, item 8).
+    train(tmp_path / "g", "--train.parallel=fsdp", "--max-steps=2")
+    train(tmp_path / "g", "--train.parallel=fsdp")
+    assert_equal_weights(ckpt(tmp_path / "f"), ckpt(tmp_path / "g"))
     run = tmp_path / "from_ddp"
     shutil.copytree(ddp_runs / "b2", run)
     train(run, "--train.parallel=fsdp")  # 2 -> 4 from the DDP checkpoint (model, EMA and AdamW state)

@@ -13,11 +13,20 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nestar.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value or field is invalid; the message names the field."""
+
+
+def check_min(prefix: str, minimum: float, **values: float) -> None:
+    """Raise ConfigError naming the first of `values` below `minimum` (e.g. `check_min("train.", 0, warmup_steps=-1)`)."""
+    for name, v in values.items():
+        if v is not None and v < minimum:
+            raise ConfigError(f"{prefix}{name} must be >= {minimum}, got {v}")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -51,8 +60,11 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{field}: expected a sequence, got {value!r}")
-        inner = args[0] if args else Any
-        seq = [_coerce(v, inner, f"{field}[{i}]") for i, v in enumerate(value)]
+        fixed = origin is tuple and args and args[-1] is not Ellipsis
+        if fixed and len(value) != len(args):  # tuple[float, float]: exactly two
+            raise ConfigError(f"{field}: expected {len(args)} values, got {len(value)} ({list(value)!r})")
+        seq = [_coerce(v, args[i] if fixed else (args[0] if args else Any), f"{field}[{i}]")
+               for i, v in enumerate(value)]
         return tuple(seq) if origin is tuple else seq
     if origin is typing.Literal:
         if value not in args:
@@ -85,6 +97,9 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
 
 def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     """Build dataclass `cls` from a dict; unknown keys and bad types raise ConfigError."""
+    if not isinstance(data, dict):
+        where = prefix.rstrip(".") or "the config"
+        raise ConfigError(f"{where}: expected a mapping of fields ({{...}}), got {type(data).__name__} {data!r:.80}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = set(data) - names

@@ -1,15 +1,18 @@
 """Pipeline: class labels -> images (diffusers-style), with save_pretrained / from_pretrained."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from nestar.config import ConfigError
 from nestar.models.base import GenerativeModel
 from nestar.tokenizers import Tokenizer, build_tokenizer
 from nestar.training.checkpoint import CheckpointError, load_model_from_checkpoint, load_pretrained, save_pretrained
+from nestar.utils.device import parse_device
 from nestar.utils.precision import Precision, resolve_precision
 
 
@@ -36,6 +39,7 @@ class Pipeline:
     def from_pretrained(cls, path, device: str = "cpu", use_ema: bool = True) -> "Pipeline":
         """`path`: a run directory, a checkpoint .safetensors file, a save_pretrained directory, or a
         Hugging Face Hub repo id 'owner/name[@revision]' (nestar.hub; a local path of that name wins)."""
+        device = parse_device(str(device), "--device")  # before reading a large checkpoint
         p = Path(path)
         if not p.exists():
             from nestar import hub
@@ -85,21 +89,23 @@ class Pipeline:
         Chunks of `batch_size` are sampled in order from the one `generator` (default: seeded with
         config.sample.seed), so the same seed and batch_size give the same images.
         """
-        s = self.config.sample
+        # Validated like the config (ConfigError naming the field): a bad value fails before sampling.
+        s = dataclasses.replace(self.config.sample, **{k: v for k, v in dict(
+            cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, num_steps=num_steps).items() if v is not None})
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if labels.numel() == 0:
             raise ValueError("labels is empty: pass at least one class id")
+        n = self.config.data.num_classes
+        if labels.min() < 0 or labels.max() >= n:
+            raise ConfigError(f"class labels must be in [0, {n}), got {labels.min().item()}..{labels.max().item()}")
         if generator is None:
             generator = torch.Generator().manual_seed(s.seed)
         images, stages, steps = [], [], 0
         prec = self.precision
         for chunk in labels.split(batch_size):  # one generator consumed in order: same seed, same images
             with prec.autocast(self.device.type):
-                out = self.model.sample(chunk, cfg=s.cfg if cfg is None else cfg,
-                                        cfg_schedule=cfg_schedule or s.cfg_schedule,
-                                        temperature=s.temperature if temperature is None else temperature,
-                                        num_steps=s.num_steps if num_steps is None else num_steps,
-                                        generator=generator)
+                out = self.model.sample(chunk, cfg=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
+                                        num_steps=s.num_steps, generator=generator)
             images.append(self.tokenizer.decode(out.tokens.float()).clamp(-1, 1))
             stages.append([self.tokenizer.decode(t.float()).clamp(-1, 1) for t in out.intermediates])
             steps = out.sequential_steps

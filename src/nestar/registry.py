@@ -7,10 +7,12 @@ the data and tokenizer by `resolve()`; the resolved config is what gets saved in
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from nestar.config import ConfigError, from_dict, to_dict
+from nestar.config import ConfigError, check_min, from_dict, to_dict
 from nestar.data import DataConfig
 from nestar.heads import FlowHeadConfig
 from nestar.heads.gmm_ar import GMMHeadConfig
@@ -22,6 +24,23 @@ from nestar.models.nextscale import NextScaleAR, NextScaleConfig
 from nestar.models.raster import RasterAR, RasterARConfig
 from nestar.tokenizers import TokenizerConfig, tokenizer_geometry
 from nestar.utils.precision import check_precision
+
+MAX_SEED = 2**32 - 1
+CFG_SCHEDULES = ("constant", "linear")
+PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_device_name(name: str, field_name: str) -> None:
+    """A device string torch can parse ('auto', 'cpu', 'cuda', 'cuda:1', ...); availability is checked at use."""
+    if name == "auto":
+        return
+    try:
+        import torch
+
+        torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"{field_name}: {name!r} is not a device (use auto, cpu, cuda, cuda:1, ...)") from e
+
 
 # model_type -> (config class, model class). Baselines register here too.
 MODELS: dict[str, tuple[type, type]] = {"nestar": (NestARConfig, NestAR)}
@@ -66,8 +85,21 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("train.steps and train.batch_size must be >= 1")
+        check_min("train.", 1, steps=self.steps, batch_size=self.batch_size)
+        check_min("train.", 0, warmup_steps=self.warmup_steps, log_every=self.log_every,
+                  sample_every=self.sample_every, ckpt_every=self.ckpt_every, num_workers=self.num_workers,
+                  weight_decay=self.weight_decay, grad_clip=self.grad_clip)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas must both lie in [0, 1), got {list(self.betas)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) (e.g. 0.999), got {self.ema_decay}")
+        if not 0 <= self.seed <= MAX_SEED:  # the data order multiplies it by ~1e6 inside a 64-bit generator seed
+            raise ConfigError(f"train.seed must be in [0, {MAX_SEED}], got {self.seed}")
+        check_device_name(self.device, "train.device")
         check_precision(self.precision, "train.precision")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
@@ -89,6 +121,15 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision, "sample.precision")
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise ConfigError(f"sample.cfg_schedule must be one of {list(CFG_SCHEDULES)}, got {self.cfg_schedule!r}")
+        if not (math.isfinite(self.cfg) and self.cfg >= 0):
+            raise ConfigError(f"sample.cfg (guidance scale) must be a finite number >= 0 (1 = no guidance), got {self.cfg}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"sample.temperature must be a finite number > 0, got {self.temperature}")
+        check_min("sample.", 1, num_steps=self.num_steps)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"sample.seed must be in [0, {MAX_SEED}], got {self.seed}")
 
 
 @dataclass
@@ -101,21 +142,37 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     preset: str = ""
 
+    def __post_init__(self) -> None:
+        # The preset names the default run directory (runs/<preset>): a plain name, never a path.
+        if self.preset and not PRESET_NAME.fullmatch(self.preset):
+            raise ConfigError(f"preset: {self.preset!r} is not a plain name (letters, digits, '.', '_', '-'; "
+                              f"no path separators); fix the config's \"preset\" field or give --run-dir")
+
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"a run config must be a JSON object ({{\"model_type\": ..., \"model\": {{...}}, ...}}), "
+                              f"got {type(data).__name__}")
         data = upgrade_legacy(dict(data))
         model_type = data.get("model_type", "nestar")
-        if model_type not in MODELS:
+        if not isinstance(model_type, str) or model_type not in MODELS:
             raise ConfigError(f"model_type: unknown {model_type!r}; known: {sorted(MODELS)}")
         model_cls = MODELS[model_type][0]
         model = data.pop("model", {})
         cfg = from_dict(cls, data)
         if isinstance(model, model_cls):
             model = to_dict(model)
+        if not isinstance(model, dict):
+            raise ConfigError(f"model: expected a mapping of {model_cls.__name__} fields, got {model!r:.80}")
         # Derived fields come from data + tokenizer before the model config validates itself,
         # so `--tokenizer.patch_size=2 --model.k=2` is checked as a whole.
         # Geometry only: parsing a config never builds a tokenizer or reads VAE weights.
-        grid_size, token_dim = tokenizer_geometry(cfg.tokenizer, cfg.data.image_size, cfg.data.channels)
+        try:
+            grid_size, token_dim = tokenizer_geometry(cfg.tokenizer, cfg.data.image_size, cfg.data.channels)
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"tokenizer: {e}") from e
         model = {**model, "grid_size": grid_size, "token_dim": token_dim, "num_classes": cfg.data.num_classes}
         cfg.model = from_dict(model_cls, model, prefix="model.")
         return cfg

@@ -26,11 +26,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    import torch
-
     from nestar.config import ConfigError, apply_overrides, to_dict
     from nestar.data import build_dataset
     from nestar.data.latents import CacheLatentsConfig, cache_latents
@@ -42,10 +37,9 @@ def run(args: argparse.Namespace) -> int:
         from nestar.registry import RunConfig, get_preset
 
         if args.config:
-            path = Path(args.config)
-            if not path.is_file():
-                raise ConfigError(f"config file {path} does not exist")
-            rc = RunConfig.from_dict(json.loads(path.read_text()))
+            from nestar.cli.common import read_config_file
+
+            rc = RunConfig.from_dict(read_config_file(args.config))
         else:
             rc = get_preset(args.preset)
         base = cls(data=rc.data, tokenizer=rc.tokenizer)
@@ -53,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if cfg.tokenizer.name == "patch":
         raise ConfigError("cache-latents needs a VAE tokenizer: --tokenizer.name=kl --tokenizer.path=DIR "
                           "(from `nestar train-tokenizer`) or --tokenizer.name=kl16 --tokenizer.path=kl16.ckpt")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+    from nestar.utils.device import parse_device
+
+    device = parse_device(args.device, "--device")
     tok = build_tokenizer(cfg.tokenizer, cfg.data.image_size, cfg.data.channels).to(device)
     ds = build_dataset(cfg.data, args.split)
     m = cache_latents(tok, ds, args.out, shard_size=args.shard_size, batch_size=args.batch_size, dtype=args.dtype,

@@ -23,22 +23,25 @@ from nestar.evaluation.suite import balanced_labels, compute_metrics
 
 
 def add_parser(sub) -> None:
-    from nestar.cli.common import add_config_args
+    from nestar.cli.common import add_config_args, positive_int
 
-    p = sub.add_parser("eval", help="FID/KID/IS/precision/recall/class agreement of a checkpoint or images")
+    p = sub.add_parser("eval", help="FID/KID/IS/precision/recall/class agreement of a checkpoint or images",
+                       description="With --checkpoint, --sample.key=value overrides apply to the checkpoint's "
+                                   "sampling settings (other sections are refused); with --images, "
+                                   "--section.key=value overrides apply to the --preset/--config data settings.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="run directory, checkpoint .safetensors, or save_pretrained directory")
     src.add_argument("--images", help="folder of images (optionally one sub-folder per class id) or .npz (arr_0)")
-    p.add_argument("--num-samples", type=int, default=10000, help="samples to generate (checkpoint) or to use")
+    p.add_argument("--num-samples", type=positive_int, default=10000, help="samples to generate (checkpoint) or to use")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's)")
     p.add_argument("--cfg-schedule", choices=["constant", "linear"], default=None)
     p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--num-steps", type=int, default=None, help="flow-head ODE steps")
+    p.add_argument("--num-steps", type=positive_int, default=None, help="flow-head ODE steps")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
                    help="sampling precision (default: the run's sample.precision, 'auto': bf16 autocast only "
                         "where the hardware runs it natively)")
-    p.add_argument("--batch-size", type=int, default=64, help="sampling batch size")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="sampling batch size")
     p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights")
     p.add_argument("--extractor", default="classifier",
                    help="classifier (offline default) | inception:PATH[:RANGE] (TorchScript Inception; RANGE is the "
@@ -51,9 +54,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-classifier", action="store_true",
                    help="with a non-classifier extractor: skip the dataset classifier (no class agreement)")
     p.add_argument("--ref-split", default="test", help="real split for the reference statistics")
-    p.add_argument("--ref-max-images", type=int, default=None, help="use a fixed subset of the reference split")
-    p.add_argument("--kid-subsets", type=int, default=100)
-    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--ref-max-images", type=positive_int, default=None, help="use a fixed subset of the reference split")
+    p.add_argument("--kid-subsets", type=positive_int, default=100)
+    p.add_argument("--kid-subset-size", type=positive_int, default=1000)
     p.add_argument("--out", default="metrics.json", help="metrics JSON")
     p.add_argument("--npz-out", default=None, help="also export the samples as .npz (arr_0 uint8 NHWC)")
     p.add_argument("--device", default="cpu")
@@ -122,6 +125,7 @@ def load_images(path: str, channels: int, size: int, notes: list[str]):
     from PIL import Image
 
     from nestar.data.image_folder import IMG_EXTENSIONS
+    from nestar.errors import DataError
 
     p = Path(path)
     if p.is_file() and p.suffix == ".npz":
@@ -143,17 +147,28 @@ def load_images(path: str, channels: int, size: int, notes: list[str]):
     parents = {f.parent.relative_to(p).as_posix() for f in files}
     by_class = all(s.isdigit() for s in parents) and "." not in parents
     mode = "L" if channels == 1 else "RGB"
-    arrays, sizes = [], set()
+    arrays, sizes, kept, skipped = [], set(), [], []
     for f in files:
-        with Image.open(f) as img:
-            img = img.convert(mode)
-            if img.size != (size, size):
-                sizes.add(img.size)
-                img = img.resize((size, size), Image.BICUBIC)
-            arrays.append(np.asarray(img, dtype=np.uint8).reshape(size, size, channels))
+        try:  # as in training: an unreadable file is skipped and counted, never fatal on its own
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(f) as img:
+                    img = img.convert(mode)
+                    if img.size != (size, size):
+                        sizes.add(img.size)
+                        img = img.resize((size, size), Image.BICUBIC)
+                    arrays.append(np.asarray(img, dtype=np.uint8).reshape(size, size, channels))
+            kept.append(f)
+        except Exception as e:  # PIL raises many types for corrupt files and decompression bombs
+            skipped.append(f"{f.name} ({type(e).__name__})")
+    if skipped:
+        notes.append(f"skipped {len(skipped)} unreadable image file(s) of {len(files)}: {', '.join(skipped[:3])}")
+    if len(kept) < 2:
+        raise DataError(f"--images {p}: {len(kept)} readable image(s) of {len(files)} files; at least 2 are needed"
+                        + (f" (unreadable: {', '.join(skipped[:3])})" if skipped else ""))
     if sizes:
         notes.append(f"resized images of sizes {sorted(sizes)[:3]} to {size}x{size} (bicubic)")
-    labels = torch.tensor([int(f.parent.name) for f in files]) if by_class else None
+    labels = torch.tensor([int(f.parent.name) for f in kept]) if by_class else None
     return _to_nchw_float(np.stack(arrays), channels, size, notes), labels
 
 
@@ -170,18 +185,19 @@ def sample_checkpoint(args, progress: bool):
     from nestar.pipeline import Pipeline
     from nestar.training.distributed import distributed_sample, init_distributed
 
-    env = init_distributed(args.device)
+    from nestar.cli.common import apply_sample_overrides
+
+    env = init_distributed(args.device, field="--device")
     pipe = Pipeline.from_pretrained(args.checkpoint, device=str(env.device), use_ema=not args.no_ema)
-    if args.precision:
-        pipe.config.sample.precision = args.precision
+    pipe.config = apply_sample_overrides(pipe.config, args.overrides, "eval", cfg=args.cfg,
+                                         cfg_schedule=args.cfg_schedule, temperature=args.temperature,
+                                         num_steps=args.num_steps, precision=args.precision)
     s = pipe.config.sample
     if env.is_main:
         print(f"sampling {pipe.precision.describe()}")
     settings = {
         "checkpoint": str(args.checkpoint), "use_ema": not args.no_ema, "seed": args.seed,
-        "cfg": s.cfg if args.cfg is None else args.cfg, "cfg_schedule": args.cfg_schedule or s.cfg_schedule,
-        "temperature": s.temperature if args.temperature is None else args.temperature,
-        "num_steps": s.num_steps if args.num_steps is None else args.num_steps,
+        "cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature, "num_steps": s.num_steps,
         "batch_size": args.batch_size, "label_order": "balanced: i mod num_classes", "preset": pipe.config.preset,
         "chunk_seeding": "chunk c of batch_size labels uses chunk_seed(seed, c)", "world_size": env.world_size,
         "precision": pipe.precision.name,
@@ -252,6 +268,10 @@ def _run(args: argparse.Namespace) -> int:
 
         data_cfg = load_config(args).data
         images, labels = load_images(args.images, data_cfg.channels, data_cfg.image_size, notes)
+        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= data_cfg.num_classes):
+            bad = int(((labels < 0) | (labels >= data_cfg.num_classes)).sum())
+            raise ValueError(f"--images {args.images}: {bad} label(s) outside [0, {data_cfg.num_classes}) "
+                             f"(data.num_classes); fix the labels or --data.num_classes")
         if args.num_samples < len(images):
             images = images[: args.num_samples]
             labels = labels[: args.num_samples] if labels is not None else None

@@ -20,7 +20,10 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nestar", description=__doc__)
+    parser = argparse.ArgumentParser(prog="nestar", description=__doc__,
+                                     epilog="Errors in the input end with one line on stderr and exit status 2; "
+                                            "add --debug (anywhere) for the full traceback.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of expected errors too")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, mod in COMMANDS.items():
         importlib.import_module(mod).add_parser(sub)
@@ -28,10 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nestar.config import ConfigError
-    from nestar.data import DatasetMissingError
-    from nestar.training.checkpoint import CheckpointError
+    from nestar.errors import UserError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]  # accepted before or after the sub-command
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     bad = [e for e in extra if not (e.startswith("--") and "=" in e)]
@@ -40,9 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = extra
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DatasetMissingError, CheckpointError) as e:
+    except UserError as e:
+        if debug:
+            raise
         print(f"nestar {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"nestar {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

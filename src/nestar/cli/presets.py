@@ -12,9 +12,12 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nestar.config import apply_overrides
+    from nestar.config import ConfigError, apply_overrides
     from nestar.registry import PRESETS, build_model, config_to_dict, get_preset, resolve
 
+    if args.overrides and not args.show:
+        raise ConfigError(f"`nestar presets` takes --section.key=value overrides only with --show NAME, "
+                          f"got: {' '.join(args.overrides)}")
     if args.show:
         cfg = resolve(apply_overrides(get_preset(args.show), args.overrides))
         print(json.dumps(config_to_dict(cfg), indent=2))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from nestar.cli.common import add_config_args, load_config
+from nestar.cli.common import add_config_args, load_config, positive_int
 
 
 def add_parser(sub) -> None:
@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--run-dir", default=None, help="output directory (default: runs/<preset>)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--max-steps", type=int, default=None,
+    p.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop (with a checkpoint) at this global step; re-run to continue to --train.steps")
     p.set_defaults(func=run)
 

@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from nestar.config import ConfigError, check_min
+from nestar.errors import DataError
 from nestar.data.fashion_mnist import CLASS_NAMES, DatasetMissingError, load_fashion_mnist
 from nestar.data.image_folder import ImageFolderDataset
 
@@ -31,6 +33,16 @@ class DataConfig:
             raise ValueError(f"data.name must be 'fashion_mnist' or 'folder', got {self.name!r}")
         if self.name == "folder" and not self.data_dir:
             raise ValueError("data.data_dir is required when data.name='folder'")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+        check_min("data.", 1, image_size=self.image_size, num_classes=self.num_classes)
+        if self.name == "fashion_mnist" and (self.channels, self.num_classes) != (1, len(CLASS_NAMES)):
+            raise ConfigError(f"data.name='fashion_mnist' has data.channels=1 and data.num_classes={len(CLASS_NAMES)}, "
+                              f"got channels={self.channels}, num_classes={self.num_classes}; drop the overrides "
+                              f"or use --data.name=folder for other data")
+        if self.name == "fashion_mnist" and self.image_size < 28:
+            raise ConfigError(f"data.image_size must be >= 28 for fashion_mnist (28x28 images, zero-padded), "
+                              f"got {self.image_size}")
 
 
 class TensorImageDataset(torch.utils.data.Dataset):
@@ -53,14 +65,13 @@ class TensorImageDataset(torch.utils.data.Dataset):
 def build_dataset(cfg: DataConfig, split: str = "train") -> torch.utils.data.Dataset:
     """A dataset yielding (uint8 [C, S, S], label)."""
     if cfg.name == "fashion_mnist":
-        if cfg.channels != 1 or cfg.num_classes != 10:
-            raise ValueError("fashion_mnist has channels=1 and num_classes=10")
         images, labels = load_fashion_mnist(split, cfg.data_dir, pad_to=cfg.image_size)
         return TensorImageDataset(images, labels)
     root = cfg.data_dir if split == "train" else f"{cfg.data_dir}/../{split}"
     ds = ImageFolderDataset(root, cfg.image_size, cfg.channels)
     if len(ds.classes) != cfg.num_classes:
-        raise ValueError(f"data.num_classes={cfg.num_classes} but {root} has {len(ds.classes)} class folders")
+        raise DataError(f"data.num_classes={cfg.num_classes} but {root} has {len(ds.classes)} class folders; "
+                        f"set --data.num_classes={len(ds.classes)}")
     return ds
 
 
@@ -70,6 +81,6 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "CLASS_NAMES", "DataConfig", "DatasetMissingError", "ImageFolderDataset", "TensorImageDataset",
+    "CLASS_NAMES", "DataConfig", "DataError", "DatasetMissingError", "ImageFolderDataset", "TensorImageDataset",
     "build_dataset", "load_fashion_mnist", "to_float",
 ]

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nestar.errors import DataError, UserError
+
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
 CLASS_NAMES = (
@@ -20,7 +22,7 @@ _FILES = {
 }
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetMissingError(UserError, FileNotFoundError):
     """The dataset files are not on disk; the message names the command that installs them."""
 
 
@@ -44,12 +46,14 @@ def _read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 8 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path} is not an idx file (bad magic number)")
+        raise DataError(f"{path} is not an idx file (bad magic number); reinstall the dataset ({INSTALL_HINT}) "
+                        f"or point --data.data_dir at intact files")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} bytes of data, got {arr.size}")
+        raise DataError(f"{path} is truncated: expected {int(np.prod(dims))} bytes of data, got {arr.size}; "
+                        f"reinstall the dataset ({INSTALL_HINT}) or point --data.data_dir at intact files")
     return arr.reshape(dims)
 
 
@@ -60,9 +64,17 @@ def load_fashion_mnist(split: str = "train", data_dir: str | None = None, pad_to
     base = resolve_dir(data_dir)
     img_stem, lbl_stem = _FILES[split]
     images = _read_idx(_find(base, img_stem))
-    labels = _read_idx(_find(base, lbl_stem)).astype(np.int64)
+    label_path = _find(base, lbl_stem)
+    labels = _read_idx(label_path).astype(np.int64)
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1:
+        raise DataError(f"{base}: expected 28x28 images and 1-d labels, got image shape {images.shape} and label "
+                        f"shape {labels.shape}; point --data.data_dir at Fashion-MNIST's idx files")
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{base}: {images.shape[0]} images but {labels.shape[0]} labels")
+        raise DataError(f"{base}: {images.shape[0]} images but {labels.shape[0]} labels")
+    bad = int(((labels < 0) | (labels >= len(CLASS_NAMES))).sum())
+    if bad:  # an out-of-range label would index past the class embedding (or train a wrong class silently)
+        raise DataError(f"{label_path}: {bad} label(s) outside [0, {len(CLASS_NAMES)}) (max {int(labels.max())}); "
+                        f"the file is not Fashion-MNIST's labels")
     if pad_to < 28:
         raise ValueError(f"pad_to must be >= 28, got {pad_to}")
     lo = (pad_to - 28) // 2

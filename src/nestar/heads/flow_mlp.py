@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from nestar.config import check_min
 from nestar.heads.base import Head
 
 
@@ -30,6 +31,8 @@ class FlowHeadConfig:
     heads: int = 4
 
     def __post_init__(self) -> None:
+        check_min("model.head.", 1, width=self.width, depth=self.depth, batch_mul=self.batch_mul,
+                  num_steps=self.num_steps, heads=self.heads)
         if self.kind not in ("mlp", "joint"):
             raise ValueError(f"head.kind must be 'mlp' or 'joint', got {self.kind!r}")
         if self.kind == "joint" and self.width % self.heads:

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nestar.config import check_min
 from nestar.heads.base import Head
 from nestar.models.layers import KVCache
 
@@ -70,6 +71,7 @@ class GMMHeadConfig:
             raise ValueError(f"head.temperature_mode must be 'div' or 'mul', got {self.temperature_mode!r}")
         if self.num_gaussians < 1 or self.num_candidates < 1 or self.depth < 1:
             raise ValueError("head.num_gaussians, head.num_candidates and head.depth must be >= 1")
+        check_min("model.head.", 1, width=self.width, num_heads=self.num_heads)
         if self.width % self.num_heads:
             raise ValueError(f"head.width {self.width} is not divisible by head.num_heads {self.num_heads}")
 

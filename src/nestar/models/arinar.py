@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from nestar.config import check_min
 from nestar.heads.base import Head
 from nestar.heads.gmm_ar import GMMARHead, GMMHeadConfig
 from nestar.models.base import GenerativeModel, SampleOutput, cfg_scale
@@ -219,6 +220,8 @@ class MaskedARConfig:
     def __post_init__(self) -> None:
         if self.grid_size < 1 or self.token_dim < 1:
             raise ValueError("model.grid_size and model.token_dim must be >= 1")
+        check_min("model.", 1, dim=self.dim, head_dim=self.head_dim)
+        check_min("model.", 0, enc_depth=self.enc_depth, dec_depth=self.dec_depth)
         if self.dim % self.head_dim:
             raise ValueError(f"model.dim {self.dim} is not divisible by model.head_dim {self.head_dim}")
         if not 0 < self.mask_ratio_min <= 1:

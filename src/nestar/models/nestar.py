@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from nestar.config import check_min
 from nestar.heads import FlowHeadConfig, build_flow_head
 from nestar.models.base import GenerativeModel, SampleOutput, cfg_scale
 from nestar.models.layers import KVCache, Transformer
@@ -79,6 +80,17 @@ class NestARConfig:
     head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
 
     def __post_init__(self) -> None:
+        check_min("model.", 1, dim=self.dim, depth=self.depth, head_dim=self.head_dim, z_dim=self.z_dim,
+                  num_cond_tokens=self.num_cond_tokens, k=self.k)
+        for w in (self.dim, *(self.module_dims or ())):
+            if w % self.head_dim:
+                raise ValueError(f"model width {w} (model.dim / model.module_dims) is not divisible by "
+                                 f"model.head_dim {self.head_dim}")
+        check_min("model.", 1, **{f"module_dims[{i}]": v for i, v in enumerate(self.module_dims or ())},
+                  **{f"module_depths[{i}]": v for i, v in enumerate(self.module_depths or ())})
+        if not 0 <= self.label_dropout < 1 or self.mlp_ratio <= 0:
+            raise ValueError(f"model.label_dropout must be in [0, 1) and model.mlp_ratio > 0, got "
+                             f"{self.label_dropout} and {self.mlp_ratio}")
         if self.order not in ORDERS:
             raise ValueError(f"model.order must be one of {ORDERS}, got {self.order!r}")
         m = GenerationOrder(self.grid_size, self.k, self.order, self.order_offset).num_modules  # validates

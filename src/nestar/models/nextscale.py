@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nestar.config import check_min
 from nestar.heads import FlowHeadConfig, FlowMLPHead
 from nestar.models.base import GenerativeModel, SampleOutput, cfg_scale
 from nestar.models.layers import Transformer
@@ -78,6 +79,7 @@ class NextScaleConfig:
             raise ValueError(f"model.grid_size must be a power of two for scales 1, 2, 4, ..., got {g}")
         if self.token_dim < 1:
             raise ValueError("model.token_dim must be >= 1")
+        check_min("model.", 1, dim=self.dim, depth=self.depth, head_dim=self.head_dim, z_dim=self.z_dim)
         if self.dim % self.head_dim:
             raise ValueError(f"model.dim {self.dim} is not divisible by model.head_dim {self.head_dim}")
         if self.num_cond_tokens < 1:

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from nestar.config import check_min
 from nestar.heads import FlowHeadConfig, FlowMLPHead
 from nestar.models.base import GenerativeModel, SampleOutput, cfg_scale
 from nestar.models.layers import Transformer
@@ -53,6 +54,7 @@ class RasterARConfig:
     def __post_init__(self) -> None:
         if self.grid_size < 1 or self.token_dim < 1:
             raise ValueError("model.grid_size and model.token_dim must be >= 1")
+        check_min("model.", 1, dim=self.dim, depth=self.depth, head_dim=self.head_dim, z_dim=self.z_dim)
         if self.dim % self.head_dim:
             raise ValueError(f"model.dim {self.dim} is not divisible by model.head_dim {self.head_dim}")
         if self.num_cond_tokens < 1:

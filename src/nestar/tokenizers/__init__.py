@@ -37,6 +37,8 @@ class TokenizerConfig:
         if self.name == "kl" and not self.path:
             raise ValueError("tokenizer.path (a directory written by `nestar train-tokenizer`) is required "
                              "when tokenizer.name='kl'")
+        if self.patch_size < 1:
+            raise ValueError(f"tokenizer.patch_size must be >= 1 and divide data.image_size, got {self.patch_size}")
         if self.scale is not None and self.scale == 0:
             raise ValueError("tokenizer.scale must be non-zero")
 
@@ -57,7 +59,8 @@ def tokenizer_geometry(cfg: TokenizerConfig, image_size: int, channels: int) -> 
     """
     if cfg.name == "patch":
         if image_size % cfg.patch_size:
-            raise ValueError(f"image_size {image_size} is not divisible by tokenizer.patch_size {cfg.patch_size}")
+            raise ValueError(f"data.image_size {image_size} is not divisible by tokenizer.patch_size {cfg.patch_size}; "
+                             f"pick a patch size that divides it")
         return image_size // cfg.patch_size, channels * cfg.patch_size ** 2
     if cfg.name == "kl16":
         from nestar.tokenizers.kl_vae import kl16_config

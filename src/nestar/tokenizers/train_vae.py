@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
-from nestar.config import ConfigError, to_dict
+from nestar.config import ConfigError, check_min, to_dict
 from nestar.data import DataConfig, build_dataset, to_float
 from nestar.tokenizers.kl_vae import (
     KL_DIR_CONFIG, KLAutoencoder, KLAutoencoderConfig, kl_to_standard_normal, sample_posterior, save_kl_dir,
@@ -72,6 +72,13 @@ class VAETrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("train.steps and train.batch_size must be >= 1")
+        check_min("train.", 0, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
+                  grad_clip=self.grad_clip, log_every=self.log_every, scale_images=self.scale_images,
+                  eval_images=self.eval_images, seed=self.seed)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr must be a finite number > 0, got {self.lr}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas must both lie in [0, 1), got {list(self.betas)}")
         check_precision(self.precision, "train.precision")
 
 

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from nestar.config import diff_configs, save_json
+from nestar.errors import UserError
 from nestar.utils.io import atomic_write
 
 FORMAT_VERSION = "1"
@@ -34,32 +35,61 @@ FORMAT_VERSION = "1"
 MATCHED_SECTIONS = ("model_type", "model", "tokenizer", "data")
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, or does not match the model/config it is loaded into."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """The file itself is unusable (truncated, not a nestar checkpoint, bad metadata, non-finite values);
+    a resume falls back to the previous checkpoint on this error, never on a config mismatch."""
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu").contiguous()
 
 
+def count_nonfinite(tensors) -> int:
+    """NaN/inf entries over the floating-point tensors of an iterable."""
+    return sum(int((~torch.isfinite(t)).sum()) for t in tensors if torch.is_tensor(t) and t.is_floating_point())
+
+
+def nonfinite_report(model_state: dict, ema_state: Optional[dict], optimizer_state: Optional[dict]) -> str:
+    """'' when every value is finite, else e.g. 'model 62608, ema 62608 non-finite values'."""
+    parts = {"model": count_nonfinite(model_state.values()),
+             "ema": count_nonfinite(ema_state.values()) if ema_state else 0,
+             "optimizer": count_nonfinite(v for st in (optimizer_state or {}).get("state", {}).values()
+                                          for v in st.values())}
+    bad = {k: v for k, v in parts.items() if v}
+    return ", ".join(f"{k} {v}" for k, v in bad.items()) + " non-finite values" if bad else ""
+
+
 def save_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module], optimizer: Optional[torch.optim.Optimizer],
-                    step: int, config, extra: Optional[dict] = None, world_size: int = 1, grad_accum: int = 1) -> Path:
+                    step: int, config, extra: Optional[dict] = None, world_size: int = 1, grad_accum: int = 1,
+                    previous=None) -> Path:
     """Write a full training checkpoint atomically (temp file + fsync + rename).
 
     A crash mid-write leaves the previous file at `path` untouched, so a run can always resume.
+    `previous`: keep the checkpoint being replaced under this path (e.g. prev.safetensors).
     """
     return write_checkpoint(path, model_state=model.state_dict(), ema_state=ema.state_dict() if ema is not None else None,
                             optimizer_state=optimizer.state_dict() if optimizer is not None else None, step=step,
-                            config=config, extra=extra, world_size=world_size, grad_accum=grad_accum)
+                            config=config, extra=extra, world_size=world_size, grad_accum=grad_accum, previous=previous)
 
 
 def write_checkpoint(path, *, model_state: dict, ema_state: Optional[dict], optimizer_state: Optional[dict], step: int,
-                     config, extra: Optional[dict] = None, world_size: int = 1, grad_accum: int = 1) -> Path:
+                     config, extra: Optional[dict] = None, world_size: int = 1, grad_accum: int = 1,
+                     previous=None) -> Path:
     """`save_checkpoint` from state dicts (e.g. full state dicts gathered from FSDP shards on rank 0).
 
-    `optimizer_state` is index-based, as `torch.optim.Optimizer.state_dict()` returns it.
+    `optimizer_state` is index-based, as `torch.optim.Optimizer.state_dict()` returns it. Refuses
+    (CheckpointError, nothing written) when any weight, EMA or optimizer value is NaN/inf: a poisoned
+    file must never replace a good one.
     """
     from nestar.registry import config_to_dict
+
+    bad = nonfinite_report(model_state, ema_state, optimizer_state)
+    if bad:
+        raise CheckpointError(f"refusing to write checkpoint {path} at step {step}: {bad}")
 
     tensors = {f"model.{k}": _cpu(v) for k, v in model_state.items()}
     if ema_state is not None:
@@ -81,8 +111,9 @@ def write_checkpoint(path, *, model_state: dict, ema_state: Optional[dict], opti
         "extra": json.dumps(extra or {}),
         "world_size": str(world_size),
         "grad_accum": str(grad_accum),
+        "optim_tensors": str(sum(k.startswith("optim.") for k in tensors)),  # a lost entry is then detected
     }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), previous=previous)
     return Path(path)
 
 
@@ -97,10 +128,26 @@ def _read(path, select: Optional[Callable[[list[str]], list[str]]] = None) -> tu
             keys = list(f.keys())
             tensors = {k: f.get_tensor(k) for k in (select(keys) if select is not None else keys)}
     except Exception as e:  # safetensors raises its own error types for bad headers/short files
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+        raise CheckpointCorruptError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
     if meta.get("format") != FORMAT_VERSION or "config" not in meta:
-        raise CheckpointError(f"{path} is not a nestar checkpoint (format {meta.get('format')!r}, expected {FORMAT_VERSION})")
+        raise CheckpointCorruptError(f"{path} is not a nestar checkpoint (format {meta.get('format')!r}, "
+                                     f"expected {FORMAT_VERSION})")
+    _check_finite(path, tensors)
     return meta, tensors
+
+
+def _check_finite(path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse weights or optimizer state holding NaN/inf (a diverged run's file): sampling from it or
+    resuming it would only spread the damage."""
+    groups: dict[str, int] = {}
+    for k, t in tensors.items():
+        if not k.startswith("rng."):
+            groups[k.split(".", 1)[0]] = groups.get(k.split(".", 1)[0], 0) + count_nonfinite([t])
+    bad = {g: n for g, n in groups.items() if n}
+    if bad:
+        raise CheckpointCorruptError(f"checkpoint {path} holds non-finite values ("
+                                     + ", ".join(f"{g} {n}" for g, n in bad.items())
+                                     + " NaN/inf); it comes from a diverged run and cannot be used")
 
 
 def _open(path):
@@ -110,12 +157,25 @@ def _open(path):
     try:
         return safe_open(str(path), framework="pt")
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+        raise CheckpointCorruptError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
 
 
-def _info(meta: dict) -> dict:
-    return {"step": int(meta["step"]), "extra": json.loads(meta["extra"]), "config": json.loads(meta["config"]),
-            "world_size": int(meta.get("world_size", 1)), "grad_accum": int(meta.get("grad_accum", 1))}
+def _info(meta: dict, path=None) -> dict:
+    """The checkpoint's header fields, validated: a bad value is a CheckpointCorruptError naming it."""
+    out: dict = {}
+    for key, parse, default in (("step", int, None), ("world_size", int, "1"), ("grad_accum", int, "1"),
+                                ("extra", json.loads, "{}"), ("config", json.loads, None)):
+        raw = meta.get(key, default)
+        try:
+            out[key] = parse(raw)
+        except (TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
+            raise CheckpointCorruptError(f"checkpoint {path}: metadata field {key!r} is not valid ({raw!r:.60})") from e
+    if out["step"] < 0 or out["world_size"] < 1 or out["grad_accum"] < 1:
+        raise CheckpointCorruptError(f"checkpoint {path}: metadata step/world_size/grad_accum out of range "
+                                     f"({out['step']}, {out['world_size']}, {out['grad_accum']})")
+    if not isinstance(out["config"], dict):
+        raise CheckpointCorruptError(f"checkpoint {path}: the embedded config is not a JSON object")
+    return out
 
 
 def read_checkpoint_info(path) -> dict:
@@ -123,13 +183,14 @@ def read_checkpoint_info(path) -> dict:
     with _open(path) as f:
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT_VERSION or "config" not in meta:
-        raise CheckpointError(f"{path} is not a nestar checkpoint (format {meta.get('format')!r}, expected {FORMAT_VERSION})")
-    return _info(meta)
+        raise CheckpointCorruptError(f"{path} is not a nestar checkpoint (format {meta.get('format')!r}, "
+                                     f"expected {FORMAT_VERSION})")
+    return _info(meta, path)
 
 
 def read_optimizer_state(path) -> dict:
     """The index-based optimizer state dict stored in a checkpoint ({'state', 'param_groups'}), CPU tensors."""
-    read_checkpoint_info(path)  # validates the format
+    read_checkpoint_info(path)  # validates the format and header
     try:
         with _open(path) as f:
             meta = f.metadata()
@@ -141,8 +202,32 @@ def read_optimizer_state(path) -> dict:
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
-    return {"state": state, "param_groups": json.loads(meta["param_groups"])}
+        raise CheckpointCorruptError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+    _check_finite(path, {f"optim.{i}.{k}": v for i, st in state.items() for k, v in st.items()})
+    full = {"state": state, "param_groups": _param_groups(meta, path)}
+    _check_optimizer_entries(path, meta, full)
+    return full
+
+
+def _param_groups(meta: dict, path) -> list:
+    try:
+        groups = json.loads(meta.get("param_groups", "[]"))
+    except ValueError as e:
+        raise CheckpointCorruptError(f"checkpoint {path}: metadata field 'param_groups' is not valid JSON") from e
+    if not isinstance(groups, list):
+        raise CheckpointCorruptError(f"checkpoint {path}: metadata field 'param_groups' is not a list")
+    return groups
+
+
+def _check_optimizer_entries(path, meta: dict, full: dict) -> None:
+    """A resume from partial optimizer state would silently not be exact: every entry must be there."""
+    n = sum(len(st) for st in full["state"].values())
+    want = meta.get("optim_tensors")
+    names = {frozenset(st) for st in full["state"].values()}
+    if (want is not None and str(n) != want) or len(names) > 1:
+        raise CheckpointCorruptError(f"checkpoint {path}: optimizer state is incomplete ({n} tensors, "
+                                     f"{want or 'an equal set per parameter'} expected); resume from an intact "
+                                     f"checkpoint (checkpoints/prev.safetensors) or start a new run")
 
 
 def read_checkpoint_config(path) -> dict:
@@ -194,7 +279,8 @@ def load_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module] = None,
                     optimizer: Optional[torch.optim.Optimizer] = None, config=None, restore_rng: bool = False) -> dict:
     """Load a checkpoint into the given objects; with `config`, refuse one that does not match."""
     meta, tensors = _read(path)
-    saved = json.loads(meta["config"])
+    info = _info(meta, path)
+    saved = info["config"]
     if config is not None:
         check_config(path, saved, config)
     load_weights(model, tensors, "model", path)
@@ -206,15 +292,19 @@ def load_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module] = None,
             if k.startswith("optim."):
                 _, idx, name = k.split(".", 2)
                 state.setdefault(int(idx), {})[name] = v
+        full = {"state": state, "param_groups": _param_groups(meta, path)}
+        _check_optimizer_entries(path, meta, full)
         try:
-            optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-        except (ValueError, KeyError) as e:  # torch raises ValueError for group/size mismatches
+            optimizer.load_state_dict(full)
+        except (ValueError, KeyError, TypeError) as e:  # torch raises ValueError for group/size mismatches
             raise CheckpointError(f"checkpoint {path}: optimizer state does not fit ({e})") from e
     if restore_rng:
+        if "rng.torch" not in tensors:
+            raise CheckpointCorruptError(f"checkpoint {path} has no RNG state (rng.torch): an exact resume is impossible")
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return _info(meta)
+    return info
 
 
 def save_pretrained(directory, model: nn.Module, config) -> Path:
@@ -349,13 +439,14 @@ def load_pretrained(directory, fast: bool = True):
         raise CheckpointError(f"{directory} is not a saved model (expected config.json and model.safetensors)")
     try:
         config = RunConfig.from_dict(json.loads(cfg_path.read_text()))
-    except (json.JSONDecodeError, ValueError) as e:  # ConfigError is a ValueError
+    except (json.JSONDecodeError, ValueError, TypeError) as e:  # ConfigError is a ValueError
         raise CheckpointError(f"{cfg_path} is not a valid run config: {e}") from e
     try:
         with safe_open(str(w_path), framework="pt") as f:
             tensors = {f"model.{k}": f.get_tensor(k) for k in f.keys()}
     except Exception as e:
-        raise CheckpointError(f"{w_path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+        raise CheckpointCorruptError(f"{w_path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+    _check_finite(w_path, tensors)
     return build_model_from_tensors(config, tensors, "model", w_path, fast=fast), config
 
 
@@ -371,5 +462,8 @@ def load_model_from_checkpoint(path, use_ema: bool = True, fast: bool = True):
         return [k for k in keys if k.startswith(chosen[0] + ".")]
 
     meta, tensors = _read(path, select)
-    config = RunConfig.from_dict(json.loads(meta["config"]))
+    try:
+        config = RunConfig.from_dict(_info(meta, path)["config"])
+    except (ValueError, TypeError) as e:  # ConfigError is a ValueError
+        raise CheckpointCorruptError(f"checkpoint {path}: the embedded run config is not valid ({e})") from e
     return build_model_from_tensors(config, tensors, chosen[0], path, fast=fast), config

@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nestar.utils.device import check_device, parse_device
+
 PARALLEL_MODES = ("ddp", "fsdp")
 _MASK64 = (1 << 64) - 1
 
@@ -57,16 +59,16 @@ def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
-def device_for_rank(name: str, local_rank: int = 0) -> torch.device:
+def device_for_rank(name: str, local_rank: int = 0, field: str = "--train.device") -> torch.device:
     """'auto' -> cuda:LOCAL_RANK if CUDA is available, else cpu; 'cuda' -> cuda:LOCAL_RANK; else as given."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
+        return check_device(torch.device("cuda", local_rank), field)
+    return parse_device(name, field)
 
 
-def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
+def init_distributed(device: str = "auto", timeout_minutes: float = 30.0, field: str = "--train.device") -> DistEnv:
     """Join (or start) the default process group when launched by torchrun; otherwise a single process.
 
     The backend follows the device: nccl on CUDA, gloo on CPU. Idempotent: an existing process group
@@ -74,13 +76,13 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
     """
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if dist.is_available() and dist.is_initialized():
-        dev = device_for_rank(device, local_rank)
+        dev = device_for_rank(device, local_rank, field)
         return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, dist.get_backend())
     if not launched_by_torchrun():
-        return DistEnv(device=device_for_rank(device, 0))
+        return DistEnv(device=device_for_rank(device, 0, field))
     if not dist.is_available():
         raise RuntimeError("this torch build has no torch.distributed; cannot run under torchrun")
-    dev = device_for_rank(device, local_rank)
+    dev = device_for_rank(device, local_rank, field)
     if dev.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices are visible; "

@@ -13,7 +13,9 @@ training/distributed.py and docs/scaling.md.
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,25 +26,28 @@ from tqdm import tqdm
 
 from nestar.config import ConfigError, save_json
 from nestar.data import build_dataset, to_float
+from nestar.errors import DataError, RunLockedError, UserError
 from nestar.registry import RunConfig, build_model, config_to_dict, resolve
 from nestar.tokenizers import build_tokenizer
 from nestar.training import distributed as D
 from nestar.training.checkpoint import (
-    CheckpointError, check_config, load_checkpoint, read_checkpoint_info, read_optimizer_state, save_checkpoint,
-    save_pretrained, write_checkpoint,
+    CheckpointCorruptError, CheckpointError, check_config, load_checkpoint, nonfinite_report, read_checkpoint_info,
+    read_optimizer_state, save_pretrained, write_checkpoint,
 )
 from nestar.training.data_order import StepBatchSampler, collate
 from nestar.training.ema import make_ema, update_ema
 from nestar.training.lr import apply_hparams, lr_at, make_optimizer
 from nestar.training.tensorboard_log import TensorBoardLogger
 from nestar.utils.images import save_grid
+from nestar.utils.io import atomic_write_text, remove_orphan_tmp
+from nestar.utils.lock import RunLock
 from nestar.utils.precision import resolve_precision
 
 __all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "lr_at", "make_optimizer", "resolve_device"]
 
 
-class TrainingDivergedError(RuntimeError):
-    """The loss or gradient became NaN/inf; no update was applied and no checkpoint written."""
+class TrainingDivergedError(UserError, RuntimeError):
+    """The loss, gradient or weights became NaN/inf; no checkpoint with non-finite values is written."""
 
 
 @dataclass
@@ -92,15 +97,27 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir, *, resume: bool = True, progress: bool = True, dataset=None):
         cfg = resolve(cfg)
-        tc = cfg.train
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
-        self.dist = env = D.init_distributed(tc.device)
+        self.dist = D.init_distributed(cfg.train.device)
+        # One writer per run directory (rank 0 holds the lock for all ranks); released when fit() ends.
+        self._lock = RunLock(self.run_dir, "nestar train") if self.dist.is_main else None
+        self._acquire_lock()
+        try:
+            self._setup(resume, dataset)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, resume: bool, dataset) -> None:
+        cfg, env = self.cfg, self.dist
+        tc = cfg.train
         self.device = env.device
         # Resolved once per run; config.json and checkpoints record what ran ('fp32' or 'bf16').
         self.precision = resolve_precision(tc.precision, self.device, "train.precision")
         tc.precision = self.precision.name
         if env.is_main:
             print(f"nestar: {self.precision.describe()}", flush=True)
+            self._remove_orphans()
         self.fsdp = env.enabled and tc.parallel == "fsdp"
         micro_batches = env.world_size * tc.grad_accum
         if tc.batch_size % micro_batches:
@@ -117,26 +134,20 @@ class Trainer:
 
             dataset = CachedLatentDataset(cfg.data.latent_cache, tokenizer=tok, image_size=cfg.data.image_size)
         self.dataset = dataset if dataset is not None else build_dataset(cfg.data, "train")
-        self.ckpt_path = self.run_dir / "checkpoints" / "last.safetensors"
+        self._check_dataset()
+        ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_path, self.prev_path = ckpt_dir / "last.safetensors", ckpt_dir / "prev.safetensors"
         self.step = 0
         self.ckpt_step: Optional[int] = None  # step of the last checkpoint this run wrote or resumed from
-        found = resume and self.ckpt_path.exists()
+        self.ckpt_file: Optional[Path] = None  # the file holding it (prev.safetensors after a fallback)
+        self._last_batch: Optional[dict] = None
+        found = resume and (self.ckpt_path.exists() or self.prev_path.exists())
         every, anyone = D.all_agree(found, env)
         if every != anyone:
             raise CheckpointError(f"{self.ckpt_path} exists for some ranks but not others: the run directory must be "
                                   f"on a file system shared by all nodes")
         if found:  # a mismatch raises before anything is written
-            info = read_checkpoint_info(self.ckpt_path)
-            check_config(self.ckpt_path, info["config"], cfg)
-            notice = D.check_world_size(
-                self.ckpt_path, {**info, "batch_size": info["config"].get("train", {}).get("batch_size", tc.batch_size)},
-                world_size=env.world_size, grad_accum=tc.grad_accum, batch_size=tc.batch_size,
-                allow=tc.allow_world_size_change)
-            if notice and env.is_main:
-                print(f"nestar: {notice}", flush=True)
-            state = load_checkpoint(self.ckpt_path, model=self.model, ema=self.ema, optimizer=self.optimizer,
-                                    config=cfg, restore_rng=True)
-            self.step = self.ckpt_step = state["step"]
+            self._resume()
         if tc.activation_checkpointing:
             D.apply_activation_checkpointing(self.model)
         if tc.compile:
@@ -149,9 +160,9 @@ class Trainer:
             self._sharded_ema = D.ShardedEMA(self.model, self.ema)
             if found:
                 try:
-                    D.load_sharded_optimizer(self.optimizer, read_optimizer_state(self.ckpt_path))
+                    D.load_sharded_optimizer(self.optimizer, read_optimizer_state(self.ckpt_file))
                 except (ValueError, KeyError) as e:
-                    raise CheckpointError(f"checkpoint {self.ckpt_path}: optimizer state does not fit ({e})") from e
+                    raise CheckpointError(f"checkpoint {self.ckpt_file}: optimizer state does not fit ({e})") from e
             self._train_module = self._root
         elif env.enabled:
             self._train_module = D.wrap_ddp(self._root, env)
@@ -159,12 +170,97 @@ class Trainer:
             self._train_module = self._root
         if found:
             apply_hparams(self.optimizer, tc)
+        D.barrier(env)  # every rank has read the checkpoint before rank 0 moves files
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if found and self.ckpt_file == self.prev_path and self.ckpt_path.exists():
+                bad = self.ckpt_path.with_name(self.ckpt_path.name + ".corrupt")
+                os.replace(self.ckpt_path, bad)  # else the next save would rotate it over the good prev
+                self._note(f"moved the unusable {self.ckpt_path.name} to {bad}")
             save_json(config_to_dict(cfg), self.run_dir / "config.json")
             self._trim_log()
         self._tb = TensorBoardLogger(self.run_dir / "tensorboard", self.step) if tc.tensorboard and env.is_main else None
         D.barrier(env)
+
+    # -- run directory -----------------------------------------------------------------------
+    def _note(self, msg: str) -> None:
+        if self.dist.is_main:
+            print(f"nestar: {msg}", flush=True)
+
+    def _acquire_lock(self) -> None:
+        """Lock the run directory on rank 0 (collective: every rank raises if rank 0 could not)."""
+        err: Optional[UserError] = None
+        if self._lock is not None:
+            try:
+                self._lock.acquire()
+            except UserError as e:
+                err = e
+        ok, _ = D.all_agree(err is None, self.dist)
+        if err is not None:
+            raise err
+        if not ok:
+            raise RunLockedError(f"{self.run_dir} is locked by another run (reported by rank 0)")
+        if self._lock is not None and self._lock.note:
+            self._note(self._lock.note)
+            self._lock.note = None
+
+    def close(self) -> None:
+        """Release the run directory's lock (fit() does this when it returns or raises)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def _remove_orphans(self) -> None:
+        """Delete temp files of writes a crash interrupted (we hold the lock: no live writer owns them)."""
+        dirs = [self.run_dir, self.run_dir / "checkpoints", self.run_dir / "model"]
+        n, size = remove_orphan_tmp(dirs)
+        if n:
+            self._note(f"removed {n} orphaned temporary file(s) ({size / 1e6:.1f} MB) left by an interrupted write")
+
+    def _check_dataset(self) -> None:
+        tc, n_cls = self.cfg.train, self.cfg.data.num_classes
+        skipped = len(getattr(self.dataset, "skipped", ()))
+        if len(self.dataset) < tc.batch_size:
+            raise DataError(f"the training data has {len(self.dataset)} usable item(s)"
+                            + (f" ({skipped} unreadable file(s) skipped)" if skipped else "")
+                            + f", fewer than one batch (train.batch_size={tc.batch_size}); add data or lower "
+                            f"--train.batch_size")
+        labels = getattr(self.dataset, "labels", None)
+        if torch.is_tensor(labels) and labels.numel() and (labels.min() < 0 or labels.max() >= n_cls):
+            bad = int(((labels < 0) | (labels >= n_cls)).sum())
+            raise DataError(f"{bad} training label(s) outside [0, {n_cls}) (data.num_classes={n_cls})")
+
+    def _resume(self) -> None:
+        """Load last.safetensors, or prev.safetensors (with a message) when the last one is unusable."""
+        candidates = [p for p in (self.ckpt_path, self.prev_path) if p.exists()]
+        for i, path in enumerate(candidates):
+            try:
+                self._load(path)
+                break
+            except CheckpointCorruptError as e:
+                if i + 1 == len(candidates):
+                    raise
+                self._note(f"{e}; resuming from the previous checkpoint {candidates[i + 1]} instead")
+        every, anyone = D.all_agree(self.ckpt_file == self.prev_path, self.dist)
+        if every != anyone:
+            raise CheckpointError(f"the ranks disagree on which checkpoint of {self.run_dir} is readable: the run "
+                                  f"directory must be on a file system shared by all nodes")
+
+    def _load(self, path: Path) -> None:
+        tc, env = self.cfg.train, self.dist
+        info = read_checkpoint_info(path)
+        check_config(path, info["config"], self.cfg)
+        train_cfg = info["config"].get("train", {})
+        notice = D.check_world_size(
+            path, {**info, "batch_size": train_cfg.get("batch_size", tc.batch_size) if isinstance(train_cfg, dict)
+                   else tc.batch_size},
+            world_size=env.world_size, grad_accum=tc.grad_accum, batch_size=tc.batch_size,
+            allow=tc.allow_world_size_change)
+        state = load_checkpoint(path, model=self.model, ema=self.ema, optimizer=self.optimizer,
+                                config=self.cfg, restore_rng=True)
+        if notice:
+            self._note(notice)
+        self.step = self.ckpt_step = state["step"]
+        self.ckpt_file = path
 
     # -- pieces ------------------------------------------------------------------------------
     def _batches(self):
@@ -184,42 +280,80 @@ class Trainer:
             self._sharded_ema.gather_into(self.ema, buffers_from=self.model)
 
     def _save(self, loss: float) -> None:
-        """Checkpoint (collective under FSDP): rank 0 writes the single file, then all ranks wait for it."""
+        """Checkpoint (collective): rank 0 writes the single file, then all ranks wait for it.
+
+        Weights, EMA and optimizer state are checked first: a non-finite value raises
+        TrainingDivergedError on every rank and nothing is written, so last.safetensors (and
+        prev.safetensors, the one before it) always hold a run that can continue.
+        """
         tc, env = self.cfg.train, self.dist
         layout = dict(world_size=env.world_size, grad_accum=tc.grad_accum)
+        after = self._loss_after_update()
+        if not math.isfinite(after):  # finite but exploded weights (e.g. ~1e30) pass the value check below
+            raise TrainingDivergedError(self._nonfinite_msg(f"the loss of the updated weights is {after}"))
+        model_sd, optim_sd = {}, {}
         if self.fsdp:
             model_sd, optim_sd = D.gather_fsdp_state(self._root, self.optimizer)
             self._sync_ema()
-            if env.is_main:
-                write_checkpoint(self.ckpt_path, model_state=model_sd, ema_state=self.ema.state_dict(),
-                                 optimizer_state=optim_sd, step=self.step, config=self.cfg, extra={"loss": loss}, **layout)
         elif env.is_main:
-            save_checkpoint(self.ckpt_path, model=self.model, ema=self.ema, optimizer=self.optimizer,
-                            step=self.step, config=self.cfg, extra={"loss": loss}, **layout)
+            model_sd, optim_sd = self.model.state_dict(), self.optimizer.state_dict()
+        ema_sd = self.ema.state_dict() if env.is_main else {}
+        bad = nonfinite_report(model_sd, ema_sd, optim_sd) if env.is_main else ""
+        _, any_bad = D.all_agree(bool(bad), env)
+        if any_bad:
+            raise TrainingDivergedError(self._nonfinite_msg(f"{bad or 'non-finite values'} in the weights, EMA or "
+                                                            f"optimizer state"))
+        if env.is_main:
+            write_checkpoint(self.ckpt_path, model_state=model_sd, ema_state=ema_sd, optimizer_state=optim_sd,
+                             step=self.step, config=self.cfg, extra={"loss": loss}, previous=self.prev_path, **layout)
         D.barrier(env)
-        self.ckpt_step = self.step
+        self.ckpt_step, self.ckpt_file = self.step, self.ckpt_path
+
+    @torch.no_grad()
+    def _loss_after_update(self) -> float:
+        """Loss of the current weights on the last micro-batch (collective), 0.0 before any step.
+
+        Runs under `fork_rng`, so the training RNG stream, and with it exact resume, is untouched.
+        """
+        if self._last_batch is None:
+            return 0.0
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), self.precision.autocast(self.device.type):
+            loss = self._root(self._last_batch)["loss"].float().detach()
+        return D.all_reduce_mean(loss, self.dist).item()
 
     def _trim_log(self) -> None:
-        """Drop log rows past the resumed step (written after the last checkpoint of a crashed run)."""
+        """Drop log rows past the resumed step (written after the last checkpoint of a crashed run) and
+        rows cut short by a kill; the file is rewritten atomically, so a kill now leaves the old one."""
         path = self.run_dir / "log.csv"
         if not path.exists():
             return
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        keep = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= self.step]
-        if len(keep) == len(rows):
+        text = path.read_text(errors="replace")
+        reader = csv.DictReader(io.StringIO(text))
+        fields = reader.fieldnames or []
+        if "step" not in fields:  # empty, or no header: nothing in it can be trusted
+            if text.strip():
+                os.replace(path, path.with_name("log.csv.unreadable"))
+                self._note(f"{path} had no header; moved it to log.csv.unreadable and started a new log")
+            else:
+                path.unlink()
             return
-        if not keep:
-            path.unlink()
+        rows = list(reader)
+        if rows and not text.endswith("\n"):
+            rows.pop()  # the last line was cut by a kill mid-append
+        keep = [r for r in rows if None not in r and None not in r.values() and r["step"].isdigit()
+                and int(r["step"]) <= self.step]
+        if len(keep) == len(rows) and text.endswith("\n"):
             return
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(keep)
+        out = io.StringIO()
+        w = csv.DictWriter(out, fieldnames=fields)
+        w.writeheader()
+        w.writerows(keep)
+        atomic_write_text(path, out.getvalue())
 
     def _log(self, row: dict) -> None:
         path = self.run_dir / "log.csv"
-        new = not path.exists()
+        new = not path.exists() or path.stat().st_size == 0
         with open(path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
             if new:
@@ -276,8 +410,9 @@ class Trainer:
             images, labels = fetch(j)
             with D.grad_sync(self._train_module, j == accum - 1):
                 tokens_BLC = self._tokens(images)
+                batch = {"tokens": tokens_BLC, "labels": labels.to(self.device)}
                 with self.precision.autocast(self.device.type):
-                    out = self._train_module({"tokens": tokens_BLC, "labels": labels.to(self.device)})
+                    out = self._train_module(batch)
                 loss = out["loss"].float()
                 if not env.enabled and not torch.isfinite(loss):  # distributed: checked on the reduced loss below
                     raise TrainingDivergedError(self._diverged_msg("loss", loss.item()))
@@ -295,28 +430,56 @@ class Trainer:
         lr = lr_at(self.step, tc)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except RuntimeError as e:  # e.g. lr / bias correction beyond float range: a divergence, not a bug
+            if "overflow" not in str(e):
+                raise
+            self.step += 1  # the weights are already partly updated: report it as this step's divergence
+            raise TrainingDivergedError(self._nonfinite_msg(f"the optimizer step overflowed: {e}")) from e
         if self._sharded_ema is not None:
             self._sharded_ema.update(self.step, tc.ema_decay)
         else:
             update_ema(self.ema, self.model, self.step, tc.ema_decay)
         self.step += 1
+        self._last_batch = batch  # for the health check of the updated weights before a checkpoint
         return {"loss": stats[0], **dict(zip(keys, stats[1:])), "lr": lr, "grad_norm": gnorm.item()}
 
+    def _last_good(self) -> str:
+        if self.ckpt_step is not None:  # every checkpoint written or resumed was checked to be finite
+            return f"the last good checkpoint {self.ckpt_file} (step {self.ckpt_step}) is intact and finite"
+        return "no checkpoint of this run was written yet"
+
     def _diverged_msg(self, what: str, value: float) -> str:
-        if self.ckpt_step is not None:
-            last = f"the last good checkpoint {self.ckpt_path} (step {self.ckpt_step}) is intact"
-        else:
-            last = "no checkpoint of this run was written yet"
-        return (f"{what} is {value} at step {self.step + 1}: training stopped before the update; {last}. "
-                f"Check the data, or try a lower --train.lr, --train.precision=fp32 or a smaller --train.grad_clip.")
+        hint = ""
+        if self.step == self.ckpt_step and self.ckpt_file == self.ckpt_path and self.prev_path.exists():
+            # The first step after the checkpoint fails: its weights may be the problem (e.g. written
+            # by a version without the health check), and the previous checkpoint is a way back.
+            hint = (f" The first step after that checkpoint fails, so its weights may be diverged; to restart from "
+                    f"the previous checkpoint, move {self.prev_path} over {self.ckpt_path}.")
+        return (f"{what} is {value} at step {self.step + 1}: training stopped before the update; {self._last_good()}."
+                f"{hint} Check the data, or try a lower --train.lr, --train.precision=fp32 or a smaller "
+                f"--train.grad_clip.")
+
+    def _nonfinite_msg(self, detail: str) -> str:
+        then = "to continue from it" if self.ckpt_step is not None else "to start again"
+        return (f"the weights diverged by step {self.step} ({detail}); no checkpoint was written; {self._last_good()}. "
+                f"Rerun with a lower --train.lr (or a smaller --train.grad_clip) {then}.")
 
     # -- loop --------------------------------------------------------------------------------
     def fit(self, max_steps: Optional[int] = None) -> TrainResult:
         """Train to cfg.train.steps (or stop early at global step `max_steps`, checkpointing there).
 
         Under torchrun every rank calls it; all return the same TrainResult (rank 0 wrote the files).
+        The run directory stays locked until it returns or raises.
         """
+        self._acquire_lock()
+        try:
+            return self._fit(max_steps)
+        finally:
+            self.close()
+
+    def _fit(self, max_steps: Optional[int]) -> TrainResult:
         tc, env = self.cfg.train, self.dist
         end = tc.steps if max_steps is None else min(tc.steps, max_steps)
         start_step, t0 = self.step, time.perf_counter()
