@@ -1,6 +1,7 @@
 """Pipeline: class labels -> images (diffusers-style), with save_pretrained / from_pretrained."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -8,6 +9,7 @@ from typing import Optional
 import torch
 
 from nestar.models.base import GenerativeModel
+from nestar.pretrained import describe_available, pretrained_dir
 from nestar.tokenizers import Tokenizer, build_tokenizer
 from nestar.training.checkpoint import CheckpointError, load_model_from_checkpoint, load_pretrained, save_pretrained
 from nestar.utils.precision import Precision, resolve_precision
@@ -18,6 +20,7 @@ class PipelineOutput:
     images: torch.Tensor  # (B, C, H, W) in [-1, 1]
     intermediates: list[torch.Tensor] = field(default_factory=list)  # one image batch per stage
     sequential_steps: int = 0
+    known: list[torch.Tensor] = field(default_factory=list)  # per stage, bool (G, G): tokens generated so far
 
 
 class Pipeline:
@@ -33,8 +36,12 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, path, device: str = "cpu", use_ema: bool = True) -> "Pipeline":
-        """`path`: a run directory, a checkpoint .safetensors file, or a save_pretrained directory."""
+        """`path`: a run directory, a checkpoint .safetensors file, a save_pretrained directory, or
+        the name of a model that ships with the package (`nestar.pretrained.available()`, e.g.
+        'nestar-fmnist'); an existing path wins over a shipped name."""
         p = Path(path)
+        if not p.exists() and pretrained_dir(str(path)) is not None:
+            p = pretrained_dir(str(path))
         if p.is_dir() and (p / "checkpoints" / "last.safetensors").is_file():
             model, config = load_model_from_checkpoint(p / "checkpoints" / "last.safetensors", use_ema)
         elif p.is_file() and p.name == "model.safetensors" and (p.parent / "config.json").is_file():
@@ -44,8 +51,9 @@ class Pipeline:
         elif p.is_dir() and (p / "model.safetensors").is_file():
             model, config = load_pretrained(p)
         else:
-            raise CheckpointError(f"{p} is neither a run directory (checkpoints/last.safetensors), "
-                                  f"a checkpoint file, nor a saved model (model.safetensors + config.json)")
+            raise CheckpointError(f"{p} is neither a run directory (checkpoints/last.safetensors), a checkpoint "
+                                  f"file, a saved model (model.safetensors + config.json), nor the name of a "
+                                  f"shipped pretrained model ({describe_available()})")
         tok = build_tokenizer(config.tokenizer, config.data.image_size, config.data.channels)
         return cls(model.to(device), tok.to(device).eval(), config)
 
@@ -72,7 +80,7 @@ class Pipeline:
             raise ValueError("labels is empty: pass at least one class id")
         if generator is None:
             generator = torch.Generator().manual_seed(s.seed)
-        images, stages, steps = [], [], 0
+        images, stages, steps, known = [], [], 0, []
         prec = self.precision
         for chunk in labels.split(batch_size):  # one generator consumed in order: same seed, same images
             with prec.autocast(self.device.type):
@@ -83,6 +91,8 @@ class Pipeline:
                                         generator=generator)
             images.append(self.tokenizer.decode(out.tokens.float()).clamp(-1, 1))
             stages.append([self.tokenizer.decode(t.float()).clamp(-1, 1) for t in out.intermediates])
-            steps = out.sequential_steps
+            steps, known = out.sequential_steps, out.known
         inter = [torch.cat([st[i] for st in stages]) for i in range(len(stages[0]))] if stages and stages[0] else []
-        return PipelineOutput(images=torch.cat(images), intermediates=inter, sequential_steps=steps)
+        g = math.isqrt(out.tokens.shape[1])
+        return PipelineOutput(images=torch.cat(images), intermediates=inter, sequential_steps=steps,
+                              known=[k.reshape(g, g).cpu() for k in known])

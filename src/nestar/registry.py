@@ -99,6 +99,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     preset: str = ""
+    # Settings changed on resume: [{"step": S, "changes": {"train.lr": [old, new]}}] (training/resume.py).
+    history: list[Any] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":

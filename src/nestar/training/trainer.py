@@ -34,6 +34,7 @@ from nestar.training.checkpoint import (
 from nestar.training.data_order import StepBatchSampler, collate
 from nestar.training.ema import make_ema, update_ema
 from nestar.training.lr import apply_hparams, lr_at, make_optimizer
+from nestar.training.resume import last_logged_loss, reconcile_resume
 from nestar.utils.images import save_grid
 from nestar.utils.precision import resolve_precision
 
@@ -47,7 +48,7 @@ class TrainingDivergedError(RuntimeError):
 @dataclass
 class TrainResult:
     steps: int  # global step reached (including steps of earlier, resumed invocations)
-    final_loss: float  # loss of the last update (nan if this invocation did none)
+    final_loss: float  # loss of the last update (if this invocation did none: the last one in log.csv)
     seconds: float
     images_per_sec: float
     run_dir: Path
@@ -89,7 +90,8 @@ class Trainer:
     `step` (updates done so far).
     """
 
-    def __init__(self, cfg: RunConfig, run_dir, *, resume: bool = True, progress: bool = True, dataset=None):
+    def __init__(self, cfg: RunConfig, run_dir, *, resume: bool = True, progress: bool = True, dataset=None,
+                 allow_config_change: bool = False):
         cfg = resolve(cfg)
         tc = cfg.train
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
@@ -127,6 +129,8 @@ class Trainer:
         if found:  # a mismatch raises before anything is written
             info = read_checkpoint_info(self.ckpt_path)
             check_config(self.ckpt_path, info["config"], cfg)
+            self.notices = reconcile_resume(cfg, info, self.ckpt_path, world_size=env.world_size,
+                                            allow=allow_config_change)  # raises on unflagged changes
             notice = D.check_world_size(
                 self.ckpt_path, {**info, "batch_size": info["config"].get("train", {}).get("batch_size", tc.batch_size)},
                 world_size=env.world_size, grad_accum=tc.grad_accum, batch_size=tc.batch_size,
@@ -136,6 +140,10 @@ class Trainer:
             state = load_checkpoint(self.ckpt_path, model=self.model, ema=self.ema, optimizer=self.optimizer,
                                     config=cfg, restore_rng=True)
             self.step = self.ckpt_step = state["step"]
+        else:
+            self.notices = reconcile_resume(cfg, None, self.ckpt_path)
+        for notice in self.notices if env.is_main else ():
+            print(f"nestar: {notice}", flush=True)
         if tc.activation_checkpointing:
             D.apply_activation_checkpointing(self.model)
         if tc.compile:
@@ -347,6 +355,8 @@ class Trainer:
         if env.is_main:
             save_pretrained(self.run_dir / "model", self.ema, self.cfg)
         D.barrier(env)
+        if self.step == start_step:  # nothing to do this time: report the loss the run ended with
+            last["loss"] = (last_logged_loss(self.run_dir) or (self.step, float("nan")))[1]
         return TrainResult(steps=self.step, final_loss=last["loss"], seconds=time.perf_counter() - t0,
                            images_per_sec=(self.step - start_step) * tc.batch_size / busy if busy else 0.0,
                            run_dir=self.run_dir, checkpoint=self.ckpt_path, precision=self.precision.name)
