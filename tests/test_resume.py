@@ -26,11 +26,13 @@ def test_changed_settings_stop_and_list_each_field(run4, fmnist_small):
     cfg, run = run4
     ckpt = run / "checkpoints" / "last.safetensors"
     before = (ckpt.read_bytes(), (run / "config.json").read_text())
-    other = apply_overrides(cfg, ["train.steps=6", "train.lr=0.0005", "train.betas=(0.9, 0.99)", "train.seed=3"])
+    other = apply_overrides(cfg, ["train.steps=6", "train.lr=0.0005", "train.betas=(0.9, 0.99)", "train.seed=3",
+                                  "train.grad_accum=2"])
     with pytest.raises(CheckpointError) as e:
         Trainer(other, run, progress=False, dataset=fmnist_small)
     msg = str(e.value)
-    for line in ("train.lr: 0.001 -> 0.0005", "train.betas: (0.9, 0.95) -> (0.9, 0.99)", "train.seed: 0 -> 3"):
+    for line in ("train.lr: 0.001 -> 0.0005", "train.betas: (0.9, 0.95) -> (0.9, 0.99)", "train.seed: 0 -> 3",
+                 "train.grad_accum: 1 -> 2"):  # same number of processes: other micro-batch draws
         assert line in msg
     assert "train.steps" not in msg  # raising the step count needs no flag
     assert "--allow-config-change" in msg and "--train.lr=0.001" in msg  # both ways out are named

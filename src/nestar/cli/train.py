@@ -62,6 +62,5 @@ def _report(result, start: int, steps: int, world_size: int) -> str:
         return (f"{result.run_dir} is finished: {result.steps} of {steps} steps, last loss {result.final_loss:.4f} "
                 f"(log.csv); checkpoint {result.checkpoint}. To train longer: --train.steps=N with N > {steps}")
     world = f" on {world_size} processes" if world_size > 1 else ""
-    done = f"trained steps {start}-{result.steps}" if start else f"trained {result.steps} steps"
-    return (f"{done}{world} in {result.seconds:.0f}s ({result.images_per_sec:.0f} img/s), "
+    return (f"trained {result.steps} steps{world} in {result.seconds:.0f}s ({result.images_per_sec:.0f} img/s), "
             f"final loss {result.final_loss:.4f}; checkpoint {result.checkpoint}")

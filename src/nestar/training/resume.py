@@ -7,7 +7,8 @@
   sampling, checkpoint cadence, data-loader workers, device, compile / activation checkpointing,
   the world-size permission flag, the preset label) or are the record itself (`history`);
 - `train.steps` may change without a flag (continuing a run longer is the common wish) but is
-  recorded, with a notice of what it does to a cosine LR schedule;
+  recorded, with a notice of what it does to a cosine LR schedule; so is `train.parallel` (DDP and
+  FSDP2 compute the same updates; a DDP checkpoint continues under FSDP);
 - every other field (lr, schedule, batch size, precision, seed, EMA decay, ...) stops the resume
   with a list of `field: old -> new`, unless the caller passes `allow=True`
   (`nestar train --allow-config-change`); then the change is recorded.
@@ -26,7 +27,7 @@ EXEMPT_FIELDS = frozenset({
     "train.device", "train.compile", "train.activation_checkpointing", "train.allow_world_size_change",
 })
 EXEMPT_SECTIONS = ("sample.",)  # sampling defaults: used for grids and Pipeline, never for updates
-FREE_FIELDS = frozenset({"train.steps"})  # changes without a flag, but recorded
+FREE_FIELDS = frozenset({"train.steps", "train.parallel"})  # change without a flag, but recorded
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -71,7 +72,7 @@ def reconcile_resume(cfg, info: Optional[dict], path, *, world_size: int = 1, al
         return notices
     saved = config_to_dict(load_run_config(info["config"]))  # fields added since then take their defaults
     skip = tuple(s if s == "model_type" else s + "." for s in MATCHED_SECTIONS)  # check_config's business
-    if saved["train"]["grad_accum"] * info.get("world_size", 1) != cfg.train.grad_accum * world_size:
+    if info.get("world_size", 1) != world_size:
         skip += ("train.grad_accum",)  # another layout: distributed.check_world_size decides
     changes = config_changes(saved, config_to_dict(cfg), skip)
     step = info["step"]

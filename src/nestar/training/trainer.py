@@ -129,14 +129,14 @@ class Trainer:
         if found:  # a mismatch raises before anything is written
             info = read_checkpoint_info(self.ckpt_path)
             check_config(self.ckpt_path, info["config"], cfg)
-            self.notices = reconcile_resume(cfg, info, self.ckpt_path, world_size=env.world_size,
-                                            allow=allow_config_change)  # raises on unflagged changes
             notice = D.check_world_size(
                 self.ckpt_path, {**info, "batch_size": info["config"].get("train", {}).get("batch_size", tc.batch_size)},
                 world_size=env.world_size, grad_accum=tc.grad_accum, batch_size=tc.batch_size,
                 allow=tc.allow_world_size_change)
             if notice and env.is_main:
                 print(f"nestar: {notice}", flush=True)
+            self.notices = reconcile_resume(cfg, info, self.ckpt_path, world_size=env.world_size,
+                                            allow=allow_config_change)  # raises on unflagged changes
             state = load_checkpoint(self.ckpt_path, model=self.model, ema=self.ema, optimizer=self.optimizer,
                                     config=cfg, restore_rng=True)
             self.step = self.ckpt_step = state["step"]
