@@ -166,7 +166,7 @@ def run_entry(entry: Entry, opts: QualityOptions, evaluator: _Evaluator, log: Ca
     from nestar.utils.images import save_grid
 
     cfg = entry_config(entry, opts)
-    cfg_dict = to_dict(cfg)
+    cfg_dict = {k: v for k, v in to_dict(cfg).items() if k != "history"}  # a record, not a setting: keeps old keys valid
     out = Path(opts.out)
     cache = out / "entries" / f"{entry.slug}.json"
     # The extractor's identity (weights hash included) is part of the key: figures scored by another
