@@ -133,9 +133,9 @@ def test_config_mismatch_names_each_field(trained, tiny_cfg, fmnist_small):
     assert "model.dim: 32 != 48" in msg and "tokenizer.patch_size: 4 != 2" in msg
     assert trained.ckpt_path.read_bytes() == before
     assert (trained.run_dir / "config.json").read_text() == cfg_json  # nothing overwritten
-    # train settings may change on resume
+    # train settings may change on resume when asked for (tests/test_resume.py: when not)
     longer = apply_overrides(tiny_cfg, ["train.steps=6", "train.lr=0.0005", "train.weight_decay=0.1"])
-    t = Trainer(longer, trained.run_dir, progress=False, dataset=fmnist_small)
+    t = Trainer(longer, trained.run_dir, progress=False, dataset=fmnist_small, allow_config_change=True)
     assert t.step == 5 and t.optimizer.param_groups[0]["weight_decay"] == 0.1
     assert t.fit().steps == 6
 

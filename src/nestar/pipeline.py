@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -10,6 +11,7 @@ import torch
 
 from nestar.config import ConfigError
 from nestar.models.base import GenerativeModel
+from nestar.pretrained import describe_available, pretrained_dir
 from nestar.tokenizers import Tokenizer, build_tokenizer
 from nestar.training.checkpoint import CheckpointError, load_model_from_checkpoint, load_pretrained, save_pretrained
 from nestar.utils.device import parse_device
@@ -21,6 +23,7 @@ class PipelineOutput:
     images: torch.Tensor  # (B, C, H, W) in [-1, 1]
     intermediates: list[torch.Tensor] = field(default_factory=list)  # one image batch per stage
     sequential_steps: int = 0
+    known: list[torch.Tensor] = field(default_factory=list)  # per stage, bool (G, G): tokens generated so far
 
 
 class Pipeline:
@@ -37,10 +40,14 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, path, device: str = "cpu", use_ema: bool = True) -> "Pipeline":
-        """`path`: a run directory, a checkpoint .safetensors file, a save_pretrained directory, or a
-        Hugging Face Hub repo id 'owner/name[@revision]' (nestar.hub; a local path of that name wins)."""
+        """`path`: a run directory, a checkpoint .safetensors file, a save_pretrained directory, the
+        name of a model that ships with the package (`nestar.pretrained.available()`, e.g.
+        'nestar-fmnist'), or a Hugging Face Hub repo id 'owner/name[@revision]' (nestar.hub). An
+        existing local path wins over a shipped name, which wins over a Hub id."""
         device = parse_device(str(device), "--device")  # before reading a large checkpoint
         p = Path(path)
+        if not p.exists() and pretrained_dir(str(path)) is not None:
+            p = pretrained_dir(str(path))
         if not p.exists():
             from nestar import hub
 
@@ -55,8 +62,9 @@ class Pipeline:
         elif p.is_dir() and (p / "model.safetensors").is_file():
             model, config = load_pretrained(p)
         else:
-            raise CheckpointError(f"{p} is neither a run directory (checkpoints/last.safetensors), "
-                                  f"a checkpoint file, nor a saved model (model.safetensors + config.json)")
+            raise CheckpointError(f"{p} is neither a run directory (checkpoints/last.safetensors), a checkpoint "
+                                  f"file, a saved model (model.safetensors + config.json), nor the name of a "
+                                  f"shipped pretrained model ({describe_available()})")
         tok = build_tokenizer(config.tokenizer, config.data.image_size, config.data.channels)
         return cls(model.to(device), tok.to(device).eval(), config, source=p)
 
@@ -100,7 +108,7 @@ class Pipeline:
             raise ConfigError(f"class labels must be in [0, {n}), got {labels.min().item()}..{labels.max().item()}")
         if generator is None:
             generator = torch.Generator().manual_seed(s.seed)
-        images, stages, steps = [], [], 0
+        images, stages, steps, known = [], [], 0, []
         prec = self.precision
         for chunk in labels.split(batch_size):  # one generator consumed in order: same seed, same images
             with prec.autocast(self.device.type):
@@ -108,6 +116,8 @@ class Pipeline:
                                         num_steps=s.num_steps, generator=generator)
             images.append(self.tokenizer.decode(out.tokens.float()).clamp(-1, 1))
             stages.append([self.tokenizer.decode(t.float()).clamp(-1, 1) for t in out.intermediates])
-            steps = out.sequential_steps
+            steps, known = out.sequential_steps, out.known
         inter = [torch.cat([st[i] for st in stages]) for i in range(len(stages[0]))] if stages and stages[0] else []
-        return PipelineOutput(images=torch.cat(images), intermediates=inter, sequential_steps=steps)
+        g = math.isqrt(out.tokens.shape[1])
+        return PipelineOutput(images=torch.cat(images), intermediates=inter, sequential_steps=steps,
+                              known=[k.reshape(g, g).cpu() for k in known])

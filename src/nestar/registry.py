@@ -141,6 +141,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     preset: str = ""
+    # Settings changed on resume: [{"step": S, "changes": {"train.lr": [old, new]}}] (training/resume.py).
+    history: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # The preset names the default run directory (runs/<preset>): a plain name, never a path.

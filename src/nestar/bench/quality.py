@@ -193,7 +193,7 @@ def run_entry(entry: Entry, opts: QualityOptions, evaluator: _Evaluator, log: Ca
     from nestar.utils.images import save_grid
 
     cfg = entry_config(entry, opts, train_seed)
-    cfg_dict = to_dict(cfg)
+    cfg_dict = {k: v for k, v in to_dict(cfg).items() if k != "history"}  # a record, not a setting: keeps old keys valid
     out = Path(opts.out)
     slug = _seed_slug(entry, train_seed)
     sample_seed = opts.seed + train_seed

@@ -35,13 +35,19 @@ def _load(text: str) -> tuple[str, str]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (speed, quality)")
+    from nestar.cli.common import add_overrides_epilog
+
+    p = sub.add_parser("bench", help="benchmarks: speed of every model, quality of every model on one budget",
+                       description="Benchmarks (protocol in benchmarks/README.md and docs/results.md):\n\n"
+                                   "  nestar bench speed    steps, FLOPs, latency, throughput, memory of every model\n"
+                                   "  nestar bench quality  train every model on one budget and evaluate each")
     bsub = p.add_subparsers(dest="bench_command", required=True)
     s = bsub.add_parser(
         "speed", help="steps, head NFE, FLOPs, latency, throughput, memory and growth of every model in one run",
         description="Measure all models in one process on one machine (same dtype and threads) and write "
                     "speed.md / speed.csv / growth.csv / speed.png / speed.json under --out. "
                     "Overrides (--section.key=value) apply to every preset.")
+    add_overrides_epilog(s)
     s.add_argument("--presets", type=_csv_list, default=None,
                    help="comma-separated presets (default: nestar-s,raster-s,mar-s,arinar-s,nextscale-s; "
                         "the -tiny ones with --quick; unregistered ones are skipped with a note)")
@@ -62,12 +68,13 @@ def add_parser(sub) -> None:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--cfg", type=float, default=None, help="guidance scale for all models (default: each preset's sample.cfg)")
     g.add_argument("--no-cfg", action="store_true", help="guidance off (cfg = 1: no unconditional branch)")
-    s.add_argument("--cfg-schedule", default="linear", choices=["constant", "linear"])
+    s.add_argument("--cfg-schedule", default="linear", choices=["constant", "linear"],
+                   help="guidance over the generation: constant, or rising linearly")
     s.add_argument("--grids", type=_grids, default=(8, 16, 32), help="growth-curve token grids (default 8,16,32; 'off' = none)")
     s.add_argument("--growth-repeats", type=int, default=None, help="timed calls per growth point (default min(repeats, 3))")
     s.add_argument("--load", type=_load, action="append", default=[], metavar="NAME=PATH",
                    help="measure a trained checkpoint / run directory under NAME (repeatable)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed of the sampled images")
     s.set_defaults(func=run)
 
     q = bsub.add_parser(
@@ -76,13 +83,14 @@ def add_parser(sub) -> None:
                     "the cached test-split statistics and write quality.md / quality.json / models.png under "
                     "--out. Finished entries are cached: rerunning continues an interrupted bench. "
                     "Overrides (--section.key=value) apply to every entry.")
-    q.add_argument("--suite", type=_csv_list, default=["models"], help="models, ablations or both (comma-separated)")
+    add_overrides_epilog(q)
+    q.add_argument("--suite", type=_csv_list, default=["models"], help="models, ablations or both (comma-separated; default: models)")
     q.add_argument("--only", type=_csv_list, default=None, help="comma-separated entry names (default: all)")
     q.add_argument("--runs-dir", default="runs/quality", help="one run directory per entry")
     q.add_argument("--out", default="benchmarks/results/quality", help="output directory")
     q.add_argument("--num-eval", type=int, default=1000, help="samples per model (balanced labels)")
-    q.add_argument("--kid-subset-size", type=int, default=1000)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--kid-subset-size", type=int, default=1000, help="images per KID subset")
+    q.add_argument("--seed", type=int, default=0, help="random seed of the evaluation samples")
     q.add_argument("--train-seeds", type=_csv_ints, default=(0,),
                    help="comma-separated training seeds, one model per seed and entry (e.g. 0,1,2); tables give "
                         "mean ± std, and seed s samples with --seed + s")

@@ -5,6 +5,8 @@ import argparse
 
 
 def add_parser(sub) -> None:
+    from nestar.cli.common import add_overrides_epilog
+
     p = sub.add_parser(
         "cache-latents", help="cache VAE posterior moments (image + h-flip) in resumable shards",
         description="Encode --data with a VAE tokenizer and write DIR/manifest.json + DIR/shard-*.safetensors. "
@@ -12,7 +14,7 @@ def add_parser(sub) -> None:
                     "another tokenizer, image size or dataset is refused. Example: nestar cache-latents "
                     "--tokenizer.name=kl --tokenizer.path=runs/vae --data.name=fashion_mnist --out runs/latents. "
                     "--preset/--config take the data and tokenizer sections of a run config.")
-    p.add_argument("--out", required=True, help="cache directory")
+    p.add_argument("--out", default=None, help="cache directory (required unless --keys)")
     p.add_argument("--preset", default=None, help="take data/tokenizer sections from this preset")
     p.add_argument("--config", default=None, help="take data/tokenizer sections from this JSON run config")
     p.add_argument("--split", default="train", help="dataset split (default train)")
@@ -22,6 +24,10 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="stored dtype")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
     p.add_argument("--max-shards", type=int, default=None, help="stop after writing this many new shards")
+    p.add_argument("--keys", action="store_true", help="print every --section.key=value this command accepts and exit")
+    add_overrides_epilog(p, "config overrides: --data.* and --tokenizer.* as --section.key=value, e.g. "
+                            "--tokenizer.name=kl --tokenizer.path=runs/vae. List the valid keys with their "
+                            "values: nestar cache-latents --keys")
     p.set_defaults(func=run)
 
 
@@ -44,6 +50,13 @@ def run(args: argparse.Namespace) -> int:
             rc = get_preset(args.preset)
         base = cls(data=rc.data, tokenizer=rc.tokenizer)
     cfg = apply_overrides(base, args.overrides)
+    if args.keys:
+        from nestar.cli.common import override_keys
+
+        print("\n".join(override_keys(to_dict(cfg))))
+        return 0
+    if not args.out:
+        raise ConfigError("--out DIR is required: where to write the cache")
     if cfg.tokenizer.name == "patch":
         raise ConfigError("cache-latents needs a VAE tokenizer: --tokenizer.name=kl --tokenizer.path=DIR "
                           "(from `nestar train-tokenizer`) or --tokenizer.name=kl16 --tokenizer.path=kl16.ckpt")

@@ -15,29 +15,31 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from nestar.evaluation.suite import balanced_labels, compute_metrics
+if TYPE_CHECKING:  # numpy is imported where used: `nestar --help` must not wait for it
+    import numpy as np
 
 
 def add_parser(sub) -> None:
     from nestar.cli.common import add_config_args, positive_int
 
     p = sub.add_parser("eval", help="FID/KID/IS/precision/recall/class agreement of a checkpoint or images",
-                       description="With --checkpoint, --sample.key=value overrides apply to the checkpoint's "
-                                   "sampling settings (other sections are refused); with --images, "
-                                   "--section.key=value overrides apply to the --preset/--config data settings.")
+                       description=__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
+                       + "\n\n  nestar eval --checkpoint runs/a --num-samples 10000 --out metrics.json\n\n"
+                       "--preset/--config and overrides set the data config of --images (a checkpoint carries "
+                       "its own). With --checkpoint, --sample.key=value overrides apply to the checkpoint's sampling "
+                       "settings (other sections are refused).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="run directory, checkpoint .safetensors, or save_pretrained directory")
     src.add_argument("--images", help="folder of images (optionally one sub-folder per class id) or .npz (arr_0)")
     p.add_argument("--num-samples", type=positive_int, default=10000, help="samples to generate (checkpoint) or to use")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the generated samples")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's)")
-    p.add_argument("--cfg-schedule", choices=["constant", "linear"], default=None)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--num-steps", type=positive_int, default=None, help="flow-head ODE steps")
+    p.add_argument("--cfg-schedule", choices=["constant", "linear"], default=None,
+                   help="guidance over the generation: constant, or rising linearly (default: the checkpoint's)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the checkpoint's)")
+    p.add_argument("--num-steps", type=positive_int, default=None, help="flow-head ODE steps (default: the checkpoint's)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
                    help="sampling precision (default: the run's sample.precision, 'auto': bf16 autocast only "
                         "where the hardware runs it natively)")
@@ -53,15 +55,16 @@ def add_parser(sub) -> None:
                         "as this project's CPU venv)")
     p.add_argument("--no-classifier", action="store_true",
                    help="with a non-classifier extractor: skip the dataset classifier (no class agreement)")
-    p.add_argument("--ref-split", default="test", help="real split for the reference statistics")
+    p.add_argument("--ref-split", default="test", metavar="SPLIT",
+                   help="dataset split of the real images the samples are compared with (test or train)")
     p.add_argument("--ref-max-images", type=positive_int, default=None, help="use a fixed subset of the reference split")
-    p.add_argument("--kid-subsets", type=positive_int, default=100)
-    p.add_argument("--kid-subset-size", type=positive_int, default=1000)
+    p.add_argument("--kid-subsets", type=positive_int, default=100, help="random subsets averaged for KID")
+    p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="images per KID subset")
     p.add_argument("--out", default="metrics.json", help="metrics JSON")
     p.add_argument("--npz-out", default=None, help="also export the samples as .npz (arr_0 uint8 NHWC)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device for sampling and features: cpu, cuda, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_config_args(p)  # data config for --images (a checkpoint carries its own)
+    add_config_args(p, keys=False)  # data config for --images (a checkpoint carries its own)
     p.set_defaults(func=run)
 
 
@@ -73,6 +76,7 @@ def _to_nchw_float(arr: np.ndarray, channels: int, size: int, notes: list[str]):
     Wrong size or channel count is converted with a warning; a value range that is neither
     uint8, [0, 1], [-1, 1] nor [0, 255] is rejected.
     """
+    import numpy as np
     import torch
     import torch.nn.functional as F
 
@@ -121,6 +125,7 @@ def load_images(path: str, channels: int, size: int, notes: list[str]):
     .npz: `arr_0` images, labels from `arr_1` or `labels` when present. Folder: labels from
     sub-folder names when every sub-folder is an integer class id, else none.
     """
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -182,6 +187,7 @@ def sample_checkpoint(args, progress: bool):
     """
     import torch
 
+    from nestar.evaluation.suite import balanced_labels
     from nestar.pipeline import Pipeline
     from nestar.training.distributed import distributed_sample, init_distributed
 
@@ -214,6 +220,8 @@ def sample_checkpoint(args, progress: bool):
 
 def export_npz(images, labels, path: str | Path) -> Path:
     """ADM evaluator layout: arr_0 uint8 (N, H, W, 3) (grayscale replicated), arr_1 int64 labels."""
+    import numpy as np
+
     from nestar.utils.images import to_uint8
 
     arr = to_uint8(images)
@@ -249,6 +257,7 @@ def _run(args: argparse.Namespace) -> int:
     from nestar.evaluation.classifier import get_classifier
     from nestar.evaluation.extractors import ClassifierExtractor, build_extractor
     from nestar.evaluation.reference import reference_stats
+    from nestar.evaluation.suite import compute_metrics
 
     progress = not args.quiet
     if args.num_samples < 2:

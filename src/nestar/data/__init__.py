@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -75,6 +76,16 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> torch.utils.data.Dat
     return ds
 
 
+def class_names(cfg: DataConfig) -> Optional[tuple[str, ...]]:
+    """Names of the classes, in label order: Fashion-MNIST's, or an image folder's sub-folders when
+    that folder is on this machine; None when unknown."""
+    if cfg.name == "fashion_mnist":
+        return CLASS_NAMES
+    root = Path(cfg.data_dir or "")
+    names = tuple(sorted(d.name for d in root.iterdir() if d.is_dir())) if cfg.data_dir and root.is_dir() else ()
+    return names if len(names) == cfg.num_classes else None
+
+
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1]."""
     return images_uint8.float().div(127.5).sub(1.0)
@@ -82,5 +93,5 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "CLASS_NAMES", "DataConfig", "DataError", "DatasetMissingError", "ImageFolderDataset", "TensorImageDataset",
-    "build_dataset", "load_fashion_mnist", "to_float",
+    "build_dataset", "class_names", "load_fashion_mnist", "to_float",
 ]

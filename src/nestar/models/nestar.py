@@ -339,7 +339,7 @@ class NestAR(GenerativeModel):
         dev = self.device
         dtype = next(self.parameters()).dtype
         x_ord = torch.zeros(B2, N, C, device=dev, dtype=dtype)
-        intermediates = []
+        intermediates, known = [], []
         for m in range(1, self.num_modules + 1):
             P, S, T = self.order.layout(m)
             trunk = self.trunk(m)
@@ -381,7 +381,9 @@ class NestAR(GenerativeModel):
                     if guided:
                         x[B:, n_content : n_content + S] = x_new
             intermediates.append(self.order.preview(x_ord[:B, :, :][:, self.inv_perm], P + T * S))
-        return SampleOutput(tokens=x_ord[:B, self.inv_perm], intermediates=intermediates, sequential_steps=self.sequential_steps())
+            known.append(self.order.known_mask(P + T * S))
+        return SampleOutput(tokens=x_ord[:B, self.inv_perm], intermediates=intermediates,
+                            sequential_steps=self.sequential_steps(), known=known)
 
     def _sampling_prefix(self, x_ord: torch.Tensor, P: int, B: int, guided: bool,
                          generator: Optional[torch.Generator]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -100,6 +100,12 @@ class GenerationOrder:
         b = (num_known - 1).bit_length()  # num_known = 2^b
         return 1 << (self._bits - b // 2), 1 << (self._bits - (b + 1) // 2)
 
+    def known_mask(self, num_known: int) -> torch.Tensor:
+        """bool (N,) in raster order: True at the first `num_known` positions of the order."""
+        known = torch.zeros(self.num_tokens, dtype=torch.bool)
+        known[self.perm[:num_known]] = True
+        return known
+
     def preview(self, tokens_BLC: torch.Tensor, num_known: int) -> torch.Tensor:
         """A raster token grid showing only the first `num_known` generated tokens.
 
@@ -107,8 +113,7 @@ class GenerationOrder:
         Z-order: unknown positions are 0 (mid-grey for pixel tokens).
         """
         g = self.grid_size
-        known = torch.zeros(self.num_tokens, dtype=torch.bool)
-        known[self.perm[:num_known]] = True
+        known = self.known_mask(num_known)
         if self.kind == "zorder":
             return tokens_BLC * known.to(tokens_BLC.device)[None, :, None]
         sr, sc = self.strides(num_known)

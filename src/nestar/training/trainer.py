@@ -37,6 +37,7 @@ from nestar.training.checkpoint import (
 from nestar.training.data_order import StepBatchSampler, collate
 from nestar.training.ema import make_ema, update_ema
 from nestar.training.lr import apply_hparams, lr_at, make_optimizer
+from nestar.training.resume import last_logged_loss, reconcile_resume
 from nestar.training.tensorboard_log import TensorBoardLogger
 from nestar.utils.images import save_grid
 from nestar.utils.io import atomic_write_text, remove_orphan_tmp
@@ -53,7 +54,7 @@ class TrainingDivergedError(UserError, RuntimeError):
 @dataclass
 class TrainResult:
     steps: int  # global step reached (including steps of earlier, resumed invocations)
-    final_loss: float  # loss of the last update (nan if this invocation did none)
+    final_loss: float  # loss of the last update (if this invocation did none: the last one in log.csv)
     seconds: float
     images_per_sec: float
     run_dir: Path
@@ -95,9 +96,11 @@ class Trainer:
     `step` (updates done so far).
     """
 
-    def __init__(self, cfg: RunConfig, run_dir, *, resume: bool = True, progress: bool = True, dataset=None):
+    def __init__(self, cfg: RunConfig, run_dir, *, resume: bool = True, progress: bool = True, dataset=None,
+                 allow_config_change: bool = False):
         cfg = resolve(cfg)
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self._allow_config_change = allow_config_change
         self.dist = D.init_distributed(cfg.train.device)
         # One writer per run directory (rank 0 holds the lock for all ranks); released when fit() ends.
         self._lock = RunLock(self.run_dir, "nestar train") if self.dist.is_main else None
@@ -147,7 +150,11 @@ class Trainer:
             raise CheckpointError(f"{self.ckpt_path} exists for some ranks but not others: the run directory must be "
                                   f"on a file system shared by all nodes")
         if found:  # a mismatch raises before anything is written
-            self._resume()
+            self._resume()  # also checks the settings against the checkpoint's (training/resume.py)
+        else:
+            self.notices = reconcile_resume(cfg, None, self.ckpt_path)
+        for notice in self.notices:
+            self._note(notice)
         if tc.activation_checkpointing:
             D.apply_activation_checkpointing(self.model)
         if tc.compile:
@@ -255,6 +262,8 @@ class Trainer:
                    else tc.batch_size},
             world_size=env.world_size, grad_accum=tc.grad_accum, batch_size=tc.batch_size,
             allow=tc.allow_world_size_change)
+        self.notices = reconcile_resume(self.cfg, info, path, world_size=env.world_size,
+                                        allow=self._allow_config_change)  # raises on unflagged changes
         state = load_checkpoint(path, model=self.model, ema=self.ema, optimizer=self.optimizer,
                                 config=self.cfg, restore_rng=True)
         if notice:
@@ -514,6 +523,8 @@ class Trainer:
         if env.is_main:
             save_pretrained(self.run_dir / "model", self.ema, self.cfg)
         D.barrier(env)
+        if self.step == start_step:  # nothing to do this time: report the loss the run ended with
+            last["loss"] = (last_logged_loss(self.run_dir) or (self.step, float("nan")))[1]
         return TrainResult(steps=self.step, final_loss=last["loss"], seconds=time.perf_counter() - t0,
                            images_per_sec=(self.step - start_step) * tc.batch_size / busy if busy else 0.0,
                            run_dir=self.run_dir, checkpoint=self.ckpt_path, precision=self.precision.name)
