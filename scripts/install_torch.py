@@ -214,8 +214,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(refusal(requirement, tried), file=sys.stderr)
         return 3
     if gpu and "+cpu" in tried[-1]:
-        print(f"[setup] note: pip resolves a CPU build on this GPU machine; for CUDA: "
-              f"NESTAR_TORCH_INDEX=https://download.pytorch.org/whl/cu126 bash scripts/setup.sh")
+        print("[setup] note: pip resolves a CPU build on this GPU machine; for CUDA: "
+              "NESTAR_TORCH_INDEX=https://download.pytorch.org/whl/cu126 bash scripts/setup.sh")
     if args.check:
         return 0
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *chosen,

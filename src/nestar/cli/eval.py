@@ -185,7 +185,6 @@ def sample_checkpoint(args, progress: bool):
     Under torchrun each rank samples its share of the chunks (`distributed_sample`) and rank 0 gets
     them all; chunk c is seeded from (seed, c), so the images do not depend on the number of processes.
     """
-    import torch
 
     from nestar.evaluation.suite import balanced_labels
     from nestar.pipeline import Pipeline
