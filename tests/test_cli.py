@@ -96,7 +96,8 @@ def test_every_command_and_option_is_described():
     for name, p in commands.items():
         if p.get_default("takes_overrides"):  # the syntax, and where the valid keys are listed
             assert "--section.key=value" in p.epilog and "--keys" in p.epilog, name
-    assert not commands["sample"].get_default("takes_overrides")
+    assert commands["sample"].get_default("takes_overrides")  # --sample.* only (the rest is refused)
+    assert not commands["serve"].get_default("takes_overrides")
 
 
 def test_keys_lists_valid_overrides(capsys):
@@ -111,8 +112,8 @@ def test_keys_lists_valid_overrides(capsys):
 
 
 def test_commands_without_overrides_refuse_them():
-    with pytest.raises(SystemExit) as e:
-        main(["sample", "runs/x", "--train.lr=3"])
+    with pytest.raises(SystemExit) as e:  # (sample and eval take --sample.* only: tests/test_reliability.py)
+        main(["serve", "runs/x", "--train.lr=3"])
     assert e.value.code == 2
 
 

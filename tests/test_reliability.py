@@ -98,7 +98,7 @@ def test_diverging_update_never_reaches_a_checkpoint(tmp_path, capsys, lr):
     assert main(["train", *base, "--train.steps=2"]) == 0
     last = run / "checkpoints" / "last.safetensors"
     before = last.read_bytes()
-    rc, err = run_main(capsys, "train", *base, "--train.steps=4", f"--train.lr={lr}")
+    rc, err = run_main(capsys, "train", *base, "--train.steps=4", f"--train.lr={lr}", "--allow-config-change")
     assert rc == 2 and "Traceback" not in err
     assert "diverged by step 3" in err and "(step 2) is intact" in err and str(last) in err
     assert last.read_bytes() == before and list(run.rglob("*.tmp")) == []

@@ -75,7 +75,8 @@ def test_http_generate(server):
     grid, strip = png(out["grid"]), png(out["strip"])
     scale, cell = 3, 32 * 3 + 2 * 3  # 32x32 images upscaled 3x; 2-pixel padding, also upscaled
     assert grid.size == (3 * cell + 2 * scale, 2 * cell + 2 * scale)  # 3 per class, one row per class
-    assert strip.size == (3 * cell + 2 * scale, 2 * cell + 2 * scale)  # 3 modules, one row per class
+    # 3 modules, one row per class, under a caption band ('module 1' / '4 tokens' over each column)
+    assert strip.size[0] == 3 * cell + 2 * scale and strip.size[1] > 2 * cell + 2 * scale
     again = post(url, {"classes": "7,8", "per_class": 3, "num_steps": 2, "seed": 5, "cfg": 1.5,
                        "cfg_schedule": "constant", "temperature": 0.9})[1]
     assert again["grid"] == out["grid"]  # same seed and settings, same images

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from nestar.cli.common import positive_int
+from nestar.cli.common import add_overrides_epilog, positive_int
 
 
 def add_parser(sub) -> None:
@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
                         "where the hardware runs it natively)")
     p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights (training checkpoints only)")
     p.add_argument("--device", default="cpu", help="torch device to sample on: cpu, cuda, cuda:1, ...")
+    add_overrides_epilog(p, "config overrides (--section.key=value, the sample section only): --sample.key=value, e.g. --sample.cfg=4 --sample.num_steps=12; "
+                            "the options above take precedence, other sections are refused (the model comes from "
+                            "the checkpoint); `nestar presets --keys PRESET` lists the sample.* keys.")
     p.set_defaults(func=run)
 
 

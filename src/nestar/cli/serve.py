@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from nestar.cli.common import positive_int
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -11,15 +13,16 @@ def add_parser(sub) -> None:
                        description="Serve a web page (standard library only) where you pick classes, guidance, "
                                    "temperature, head steps and seed, and see the samples and the coarse-to-fine "
                                    "strip with the sequential step count and sampling time.")
-    p.add_argument("path", help="run directory, checkpoint .safetensors, save_pretrained directory or Hub repo id")
+    p.add_argument("path", help="run directory, checkpoint .safetensors, save_pretrained directory, shipped "
+                                "model name (e.g. nestar-fmnist) or Hub repo id")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
                    help="sampling precision (default: the run's sample.precision)")
-    p.add_argument("--max-images", type=int, default=64, help="most images one request may ask for")
-    p.add_argument("--max-head-steps", type=int, default=200, help="most flow-head steps one request may ask for")
+    p.add_argument("--max-images", type=positive_int, default=64, help="most images one request may ask for")
+    p.add_argument("--max-head-steps", type=positive_int, default=200, help="most flow-head steps one request may ask for")
     p.set_defaults(func=run)
 
 
