@@ -170,13 +170,13 @@ def test_neighbour_tables_hold_only_earlier_patches_and_cover_known_neighbours()
     model = NestAR(tiny_config(neighbour_context=True))
     for m in range(1, model.num_modules + 1):
         P, S, T = model.order.layout(m)
-        idx, known = model._neighbours[m]
+        idx, known = model.neighbour_table(m)
         starts = P + torch.arange(T * S) // S * S
         assert (idx[known] < starts[:, None].expand_as(idx)[known]).all()
         if m > 1:  # every query of a later module has known neighbours on its lattice
             assert known.any(1).all()
     # module 2's first token (0, 2) sees the anchors (0, 0) and (0, 4) at stride 2
-    idx, known = model._neighbours[2]
+    idx, known = model.neighbour_table(2)
     first = {int(model.order.perm[i]) for i in idx[0][known[0]]}
     assert int(model.order.perm[4]) == 2 and first == {0, 4}
 

@@ -200,7 +200,11 @@ class NestAR(GenerativeModel):
         self.register_buffer("perm", self.order.perm.clone(), persistent=False)
         self.register_buffer("inv_perm", self.order.inv_perm.clone(), persistent=False)
         self._plans = {m: self._plan(m) for m in range(1, M + 1)}
-        self._neighbours = {m: self._neighbour_table(m) for m in range(1, M + 1)} if cfg.neighbour_context else {}
+        if cfg.neighbour_context:  # buffers, so they move with the model instead of being copied every step
+            for m in range(1, M + 1):
+                idx, known = self._neighbour_table(m)
+                self.register_buffer(f"nb_idx_m{m}", idx, persistent=False)
+                self.register_buffer(f"nb_known_m{m}", known, persistent=False)
 
     # ----- layout ---------------------------------------------------------------------------
     def trunk(self, m: int) -> ModuleNet:
@@ -243,11 +247,16 @@ class NestAR(GenerativeModel):
             idx[:, j] = torch.where(known[:, j], o, 0)
         return idx, known
 
+    def neighbour_table(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (order index, known) tables of module m built at init (`neighbour_context` only)."""
+        return getattr(self, f"nb_idx_m{m}"), getattr(self, f"nb_known_m{m}")
+
     def _neighbour_features(self, m: int, rows: slice, src_BnC: torch.Tensor) -> Optional[torch.Tensor]:
         """Known-neighbour values and flags of the query rows `rows` of module m, gathered from `src_BnC`."""
-        if not self._neighbours:
+        if not self.config.neighbour_context:
             return None
-        idx, known = (t[rows].to(src_BnC.device) for t in self._neighbours[m])
+        idx, known = self.neighbour_table(m)
+        idx, known = idx[rows], known[rows]
         vals = src_BnC[:, idx] * known[None, :, :, None].to(src_BnC.dtype)  # (B, q, 8, C)
         flags = known[None].to(src_BnC.dtype).expand(src_BnC.shape[0], -1, -1)
         return torch.cat([vals.flatten(2), flags], dim=-1)
@@ -376,7 +385,7 @@ class NestAR(GenerativeModel):
                     group_size=S,
                 ).to(dtype)
                 x_new = x_new.view(B, S, C)
-                for x in {id(x_ord): x_ord, id(x_in): x_in}.values():  # x_in is x_ord unless the prefix is noised
+                for x in (x_ord,) if x_in is x_ord else (x_ord, x_in):  # x_in: the noised-prefix copy
                     x[:B, n_content : n_content + S] = x_new
                     if guided:
                         x[B:, n_content : n_content + S] = x_new
