@@ -72,7 +72,7 @@ def test_orders_are_permutations_with_the_described_geometry():
 
 @pytest.mark.parametrize("order", ["lattice", "zorder"])
 @pytest.mark.parametrize("k", [2, 4])
-@pytest.mark.parametrize("extra", [{}, {"neighbour_context": True, "order_offset": 2}])
+@pytest.mark.parametrize("extra", [{"neighbour_context": False}, {"neighbour_context": True, "order_offset": 2}])
 def test_no_leak_conditions_ignore_current_and_later_patches(order, k, extra):
     model = randomised(NestAR(tiny_config(8, k, order, **extra)))
     x = torch.randn(2, 64, 4)
@@ -91,7 +91,7 @@ def test_no_leak_conditions_ignore_current_and_later_patches(order, k, extra):
 
 
 @pytest.mark.parametrize("order", ["lattice", "zorder"])
-@pytest.mark.parametrize("extra", [{}, {"neighbour_context": True, "prefix_noise_mode": "boundary",
+@pytest.mark.parametrize("extra", [{"neighbour_context": False}, {"neighbour_context": True, "prefix_noise_mode": "boundary",
                                         "prefix_noise": 0.2, "sample_prefix_noise": 0.1}])
 def test_kv_cache_matches_full_recompute(order, extra):
     model = randomised(NestAR(tiny_config(8, 4, order, **extra)))

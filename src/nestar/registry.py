@@ -181,7 +181,11 @@ class RunConfig:
 
 
 def upgrade_legacy(data: dict) -> dict:
-    """Read configs written before `train.precision` existed: `train.bf16` true/false -> 'bf16'/'fp32'."""
+    """Read older configs: `train.bf16` true/false -> `train.precision` 'bf16'/'fp32'; a NestAR model
+    section without `neighbour_context` was trained without it (the default before it became on)."""
+    model = data.get("model")
+    if data.get("model_type") == "nestar" and isinstance(model, dict) and "neighbour_context" not in model:
+        data["model"] = {**model, "neighbour_context": False}
     train = data.get("train")
     if isinstance(train, dict) and "bf16" in train:
         train = dict(train)

@@ -49,7 +49,7 @@ MODEL_ENTRIES = [
 # blocks are wider than MLP blocks). Ordered by priority: a bench cut short has the first ones.
 ABLATION_ENTRIES = [
     # the issue-13 levers against seams and the raster-AR gap (docs/design.md, "Seams")
-    Entry("nestar-nbr", "nestar-fmnist", ("model.neighbour_context=true",), "queries: position only vs known neighbours"),
+    Entry("nestar-nonbr", "nestar-fmnist", ("model.neighbour_context=false",), "queries: known neighbours vs position only"),
     Entry("nestar-tokenloss", "nestar-fmnist", ("model.loss_weighting=token",), "loss: per-module vs per-token mean"),
     Entry("nestar-offset2", "nestar-fmnist", ("model.order_offset=2",), "lattice offset: 0 vs 2 (quadrant centres)"),
     Entry("nestar-rasterinit", "nestar-fmnist", ("model.embed_init=raster",), "embedding init: default vs raster's"),

@@ -47,8 +47,9 @@ class NestARConfig:
     `prefix_noise_mode`: 'all' corrupts every content token, level unknown to the module; 'boundary'
     corrupts only the prefix from earlier modules, tells the module the level, and at sampling noises
     the prefix at the fixed level `sample_prefix_noise` (cascaded-diffusion conditioning augmentation).
-    `neighbour_context`: each query token also embeds the values of its already-known 8 neighbours
-    (static tables from the order; nothing from its own or a later patch). `loss_weighting`: 'module'
+    `neighbour_context` (default on): each query token also embeds the values of its already-known 8
+    neighbours (static tables from the order; nothing from its own or a later patch); off = queries
+    carry only position, as in the paper. `loss_weighting`: 'module'
     sums the per-module mean losses (times `module_loss_weights`); 'token' weighs every token equally.
     `order_offset`: cyclic shift of the order (lattice, 8x8, k=4: 2 puts module 1 at the quadrant
     centres). `embed_init`: 'default' (PyTorch's) or 'raster' (truncated normal 0.02, as raster AR).
@@ -72,7 +73,7 @@ class NestARConfig:
     prefix_noise: float = 0.0
     prefix_noise_mode: str = "all"
     sample_prefix_noise: float = 0.0
-    neighbour_context: bool = False
+    neighbour_context: bool = True
     loss_weighting: str = "module"
     order_offset: int = 0
     embed_init: str = "default"
