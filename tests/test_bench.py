@@ -51,6 +51,8 @@ def test_bench_speed_quick_writes_table_csv_png(tmp_path, capsys):
         assert im.size[0] > 100 and im.size[1] > 100
     data = json.loads((out / "speed.json").read_text())
     assert data["env"]["threads"] == 1 and data["env"]["quick"] is True
+    assert data["env"]["machine"]["threads"] == 1 and data["env"]["machine"]["peak_gflops"]["float32"] > 0
+    assert "achieved GFLOP/s" in md and all(float(r["achieved_gflops_s"]) > 0 for r in rows)
     assert "nestar-tiny" in capsys.readouterr().out
 
 

@@ -6,8 +6,9 @@ For each preset (default: the `*-s` presets of every model family that is regist
   image of `nfe`, i.e. the head evaluations on the critical path), and per-token total per image
   (tokens x nfe, both guidance branches counted);
 - parameters; FLOPs per image (torch.utils.flop_counter over one `sample` call at batch
-  `flops_batch`, divided by the batch; only matmul/attention/conv ops have FLOP formulas, so
-  element-wise work is not counted);
+  `flops_batch`, divided by the batch, with the CPU attention kernel's formula added by
+  nestar.bench.flops; only matmul/attention/conv ops have FLOP formulas, so element-wise work is
+  not counted);
 - latency at batch `batch_latency` (median over `repeats` timed calls after `warmup` calls) and
   throughput at batch `batch_throughput` (images / median seconds per call), timed with
   time.perf_counter, with torch.cuda.synchronize around every call on CUDA;
@@ -15,6 +16,10 @@ For each preset (default: the `*-s` presets of every model family that is regist
   (weights included); CPU: the peak increase of the process RSS over its value before the call,
   sampled every millisecond from /proc/self/statm (weights, already resident, excluded;
   approximate: the allocator may reuse or keep freed pages);
+- the machine (nestar.bench.machine): square-matmul peak GFLOP/s in float32 and the bench dtype,
+  before and after the models, CPU model, threads, OMP_WAIT_POLICY, load averages, and warnings
+  when other processes compete; per preset, achieved GFLOP/s (FLOPs per image x throughput) and
+  its fraction of the peak;
 - a growth curve over token grids (default 8x8, 16x16, 32x32 via `tokenizer.patch_size` overrides
   of 32x32 images: 4, 2, 1): sequential steps and time per image (batch 1) against n.
 Models are randomly initialised unless a checkpoint is given (weights do not change the work done).
@@ -69,6 +74,8 @@ class SpeedOptions:
     overrides: list[str] = field(default_factory=list)  # --section.key=value for every preset
     load: dict[str, str] = field(default_factory=dict)  # preset/label -> checkpoint or run dir
     seed: int = 0
+    peak_size: Optional[int] = None  # square matmul of the machine's peak (default 1024, quick 256)
+    peak_seconds: Optional[float] = None  # per dtype, before and after the models (default 1.0, quick 0.1; 0: skip)
 
     def resolved(self) -> "SpeedOptions":
         d = asdict(self)
@@ -79,6 +86,8 @@ class SpeedOptions:
         d["throughput_warmup"] = self.throughput_warmup if self.throughput_warmup is not None else d["warmup"]
         d["growth_repeats"] = self.growth_repeats or min(d["repeats"], 3)
         d["grids"] = tuple(self.grids)
+        d["peak_size"] = self.peak_size or (256 if q else 1024)
+        d["peak_seconds"] = self.peak_seconds if self.peak_seconds is not None else (0.1 if q else 1.0)
         if self.dtype not in (*DTYPES, "auto"):
             raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
         return SpeedOptions(**d)
@@ -234,7 +243,7 @@ def _sample_fn(model, cfg, opts: SpeedOptions, batch: int, dev: torch.device) ->
 # ----- measuring -----------------------------------------------------------------------------------
 def measure_preset(name: str, opts: SpeedOptions, dev: torch.device) -> tuple[dict, Any]:
     """The main row of one preset (or loaded checkpoint) and its resolved config."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from nestar.bench.flops import count_flops
 
     cfg, model = _build(name, opts, dev)
     row: dict[str, Any] = {
@@ -259,9 +268,7 @@ def measure_preset(name: str, opts: SpeedOptions, dev: torch.device) -> tuple[di
 
     fb = opts.flops_batch
     fl = _sample_fn(model, cfg, opts, fb, dev)
-    with FlopCounterMode(display=False) as fc:
-        fl()
-    row["gflops_per_img"] = fc.get_total_flops() / fb / 1e9
+    row["gflops_per_img"] = count_flops(fl) / fb / 1e9  # attention included on CPU too (bench/flops.py)
 
     lat, _ = _timed(_sample_fn(model, cfg, opts, opts.batch_latency, dev), opts.repeats, opts.warmup, dev)
     row["latency_ms"] = statistics.median(lat) * 1e3  # per call at batch_latency
@@ -363,6 +370,31 @@ def add_ratios(rows: list[dict]) -> None:
                 r[rk] = r[k] / ref[k]
 
 
+def _peak_dtypes(opts: SpeedOptions) -> list[torch.dtype]:
+    return [torch.float32, DTYPES[opts.dtype]]
+
+
+def _machine_before(opts: SpeedOptions, dev: torch.device, log: Callable[[str], None]) -> dict:
+    """Load average and matmul peaks before the models (see nestar.bench.machine); logs them."""
+    from nestar.bench import machine
+
+    snap = machine.snapshot(dev, _peak_dtypes(opts), opts.peak_size, opts.peak_seconds)
+    peaks = ", ".join(f"{dt} {v:.1f}" for dt, v in snap["peak_gflops"].items()) or "not measured"
+    log(f"[bench] {machine.cpu_model()}; OMP_WAIT_POLICY {machine.omp_wait_policy()}; load average {snap['loadavg']}; "
+        f"matmul peak GFLOP/s: {peaks}")
+    return snap
+
+
+def _machine_after(before: dict, rows: list[dict], opts: SpeedOptions, dev: torch.device) -> dict:
+    """The machine record (peaks again, busy warnings) and each row's achieved GFLOP/s and fraction of peak."""
+    from nestar.bench import machine
+
+    after = machine.snapshot(dev, _peak_dtypes(opts), opts.peak_size, opts.peak_seconds)
+    record = machine.summarise(before, after, dev, opts.dtype, opts.peak_size)
+    machine.add_efficiency(rows, record)
+    return record
+
+
 def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict:
     """Measure every preset; returns {'env', 'rows', 'growth', 'notes'} (see `write_report`)."""
     from nestar.registry import PRESETS
@@ -387,6 +419,7 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict:
         names, notes = default_presets(opts.quick)
     names += [n for n in opts.load if n not in names]
     env = environment(opts, dev)
+    before = _machine_before(opts, dev, log)
     rows, growth = [], []
     for n in names:
         log(f"[bench] {n}: measuring on {dev} ({opts.dtype}, {torch.get_num_threads()} threads)")
@@ -401,6 +434,8 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict:
         if opts.grids and cfg is not None:
             growth += measure_growth(n, cfg, opts, dev)
     add_ratios(rows)
+    env["machine"] = _machine_after(before, rows, opts, dev)
+    notes += env["machine"]["warnings"]
     for n in notes:
         log(f"[bench] note: {n}")
     return {"env": env, "rows": rows, "growth": growth, "notes": notes}
@@ -413,6 +448,7 @@ MAIN_COLUMNS = [
     ("head_nfe_seq", "head NFE seq./img", "{}"), ("total_seq_evals", "total seq. evals", "{}"),
     ("gflops_per_img", "GFLOPs/img", "{:.3f}"), ("latency_ms", "latency b=1 (ms)", "{:.1f}"),
     ("throughput_img_s", "throughput (img/s)", "{:.2f}"), ("peak_mem_mb", "peak mem (MB)", "{:.1f}"),
+    ("achieved_gflops_s", "achieved GFLOP/s", "{:.1f}"), ("peak_fraction", "of matmul peak", "{:.0%}"),
 ]
 RATIO_COLUMNS = [
     ("preset", "preset", "{}"), ("steps_vs_nestar", "steps", "{:.2f}x"), ("seq_evals_vs_nestar", "total seq. evals", "{:.2f}x"),
@@ -422,7 +458,8 @@ RATIO_COLUMNS = [
 CSV_COLUMNS = [
     "preset", "model_type", "params_M", "grid", "tokens", "token_dim", "cfg", "head_steps", "seq_steps", "head_calls",
     "head_nfe_per_token", "head_nfe_seq", "head_nfe_tokens", "total_seq_evals", "gflops_per_img", "latency_ms",
-    "throughput_img_s", "ms_per_img_batched", "peak_mem_mb", "steps_vs_nestar", "seq_evals_vs_nestar",
+    "throughput_img_s", "ms_per_img_batched", "peak_mem_mb", "achieved_gflops_s", "peak_fraction", "peak_fraction_fp32",
+    "steps_vs_nestar", "seq_evals_vs_nestar",
     "gflops_vs_nestar", "latency_vs_nestar", "throughput_vs_nestar", "params_vs_nestar", "error",
 ]
 GROWTH_COLUMNS = ["preset", "grid", "tokens", "seq_steps", "ms_per_img", "params_M", "error"]
@@ -466,6 +503,10 @@ def markdown_report(result: dict) -> str:
                  f"latency at batch {env['batch_latency']}, throughput at batch {env['batch_throughput']}; "
                  f"FLOPs at batch {env['flops_batch']}; memory: {env['memory']}; decode {env['decode']}."
                  + (" QUICK (tiny configs)." if env["quick"] else ""))
+    if env.get("machine"):
+        from nestar.bench.machine import markdown as machine_markdown
+
+        parts += ["", machine_markdown(env["machine"], env["batch_throughput"])]
     parts += ["", "## Models", "", markdown_table(ok, MAIN_COLUMNS), ""]
     if any(r.get("steps_vs_nestar") is not None for r in ok):
         parts += ["## Ratios vs NestAR (same run)", "", "Time and steps: >1 = more than NestAR; throughput: >1 = faster.", "",

@@ -75,6 +75,9 @@ def add_parser(sub) -> None:
     s.add_argument("--load", type=_load, action="append", default=[], metavar="NAME=PATH",
                    help="measure a trained checkpoint / run directory under NAME (repeatable)")
     s.add_argument("--seed", type=int, default=0, help="random seed of the sampled images")
+    s.add_argument("--peak-seconds", type=float, default=None,
+                   help="seconds per dtype of the matmul-peak measurement, before and after the models "
+                        "(default 1; quick 0.1; 0 = skip)")
     s.set_defaults(func=run)
 
     q = bsub.add_parser(
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         batch_throughput=args.batch_throughput, flops_batch=args.flops_batch, head_steps=args.head_steps,
         cfg=1.0 if args.no_cfg else args.cfg, cfg_schedule=args.cfg_schedule, grids=args.grids,
         growth_repeats=args.growth_repeats, quick=args.quick, overrides=list(getattr(args, "overrides", []) or []),
-        load=dict(args.load), seed=args.seed,
+        load=dict(args.load), seed=args.seed, peak_seconds=args.peak_seconds,
     )
     result = run_speed(opts)
     paths = write_report(result, args.out)
