@@ -70,7 +70,8 @@ def record_case(preset: str, overrides: list[str]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     model.eval()
     runs = {"g2": dict(guidance=2.0), "g1": dict(guidance=1.0), "g3c": dict(guidance=3.0, cfg_schedule="constant")}
-    if "use_cache" in inspect.signature(model.sample).parameters:
+    loop = getattr(model, "_sample", model.sample)  # the model's own options (after the scaffold refactor)
+    if "use_cache" in inspect.signature(loop).parameters:
         runs["g2_nocache"] = dict(guidance=2.0, use_cache=False)
     for name, kw in runs.items():
         g = kw.pop("guidance")

@@ -89,7 +89,7 @@ class Pipeline:
         return self.model.device
 
     @torch.no_grad()
-    def __call__(self, labels, *, cfg: Optional[float] = None, cfg_schedule: Optional[str] = None,
+    def __call__(self, labels, *, guidance_scale: Optional[float] = None, cfg_schedule: Optional[str] = None,
                  temperature: Optional[float] = None, num_steps: Optional[int] = None,
                  generator: Optional[torch.Generator] = None, batch_size: int = 64) -> PipelineOutput:
         """Sample images for `labels`; None arguments use config.sample.
@@ -99,7 +99,7 @@ class Pipeline:
         """
         # Validated like the config (ConfigError naming the field): a bad value fails before sampling.
         s = dataclasses.replace(self.config.sample, **{k: v for k, v in dict(
-            cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, num_steps=num_steps).items() if v is not None})
+            cfg=guidance_scale, cfg_schedule=cfg_schedule, temperature=temperature, num_steps=num_steps).items() if v is not None})
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if labels.numel() == 0:
             raise ValueError("labels is empty: pass at least one class id")
@@ -112,7 +112,7 @@ class Pipeline:
         prec = self.precision
         for chunk in labels.split(batch_size):  # one generator consumed in order: same seed, same images
             with prec.autocast(self.device.type):
-                out = self.model.sample(chunk, cfg=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
+                out = self.model.sample(chunk, guidance_scale=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
                                         num_steps=s.num_steps, generator=generator)
             images.append(self.tokenizer.decode(out.tokens.float()).clamp(-1, 1))
             stages.append([self.tokenizer.decode(t.float()).clamp(-1, 1) for t in out.intermediates])

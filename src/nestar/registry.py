@@ -1,7 +1,7 @@
 """Run configs and named presets (`nestar presets` lists them).
 
 A RunConfig bundles data, tokenizer, model, training and sampling settings. The model section's
-type depends on `model_type` (looked up in MODELS), so every model in the project is built, saved
+type depends on `model_type` (looked up in nestar.models.MODEL_SPECS), so every model in the project is built, saved
 and loaded the same way. `grid_size`, `token_dim` and `num_classes` of the model are derived from
 the data and tokenizer by `resolve()`; the resolved config is what gets saved in a run directory.
 """
@@ -16,12 +16,12 @@ from nestar.config import ConfigError, check_min, from_dict, to_dict
 from nestar.data import DataConfig
 from nestar.heads import FlowHeadConfig
 from nestar.heads.gmm_ar import GMMHeadConfig
-from nestar.models.base import GenerativeModel
-from nestar.models.arinar import ARINAR, ARINARConfig
-from nestar.models.nestar import NestAR, NestARConfig
-from nestar.models.mar import MAR, MARConfig
-from nestar.models.nextscale import NextScaleAR, NextScaleConfig
-from nestar.models.raster import RasterAR, RasterARConfig
+from nestar.models import MODEL_SPECS, GenerativeModel
+from nestar.models.arinar import ARINARConfig
+from nestar.models.mar import MARConfig
+from nestar.models.nestar import NestARConfig
+from nestar.models.nextscale import NextScaleConfig
+from nestar.models.raster import RasterARConfig
 from nestar.tokenizers import TokenizerConfig, tokenizer_geometry
 from nestar.utils.precision import check_precision
 
@@ -40,14 +40,6 @@ def check_device_name(name: str, field_name: str) -> None:
         torch.device(name)
     except (RuntimeError, ValueError) as e:
         raise ConfigError(f"{field_name}: {name!r} is not a device (use auto, cpu, cuda, cuda:1, ...)") from e
-
-
-# model_type -> (config class, model class). Baselines register here too.
-MODELS: dict[str, tuple[type, type]] = {"nestar": (NestARConfig, NestAR)}
-MODELS["arinar"] = (ARINARConfig, ARINAR)
-MODELS["raster"] = (RasterARConfig, RasterAR)
-MODELS["mar"] = (MARConfig, MAR)
-MODELS["nextscale"] = (NextScaleConfig, NextScaleAR)
 
 
 @dataclass
@@ -157,9 +149,9 @@ class RunConfig:
                               f"got {type(data).__name__}")
         data = upgrade_legacy(dict(data))
         model_type = data.get("model_type", "nestar")
-        if not isinstance(model_type, str) or model_type not in MODELS:
-            raise ConfigError(f"model_type: unknown {model_type!r}; known: {sorted(MODELS)}")
-        model_cls = MODELS[model_type][0]
+        if not isinstance(model_type, str) or model_type not in MODEL_SPECS:
+            raise ConfigError(f"model_type: unknown {model_type!r}; known: {sorted(MODEL_SPECS)}")
+        model_cls = MODEL_SPECS[model_type].config_cls
         model = data.pop("model", {})
         cfg = from_dict(cls, data)
         if isinstance(model, model_cls):
@@ -201,7 +193,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
 
 def build_model(cfg: RunConfig) -> GenerativeModel:
-    return MODELS[cfg.model_type][1](cfg.model)
+    """The model a resolved run config describes (fresh weights)."""
+    return MODEL_SPECS[cfg.model_type].build(cfg.model)
 
 
 def config_to_dict(cfg: RunConfig) -> dict:

@@ -188,7 +188,7 @@ class DemoService:
         try:
             labels = torch.tensor(req.classes).repeat_interleave(req.per_class)
             t0 = time.perf_counter()
-            out = self.pipe(labels, cfg=req.cfg, cfg_schedule=req.cfg_schedule, temperature=req.temperature,
+            out = self.pipe(labels, guidance_scale=req.cfg, cfg_schedule=req.cfg_schedule, temperature=req.temperature,
                             num_steps=req.num_steps, generator=torch.Generator().manual_seed(req.seed),
                             batch_size=self.limits.max_images)
             seconds = time.perf_counter() - t0

@@ -21,6 +21,8 @@ from typing import Callable, Optional
 
 import torch
 
+from nestar.models import MODEL_SPECS
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -36,14 +38,8 @@ class Entry:
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
 
 
-# Presets of matched size (registry.py: within 2% of nestar-fmnist's 6.8M parameters).
-MODEL_ENTRIES = [
-    Entry("nestar", "nestar-fmnist"),
-    Entry("raster", "raster-fmnist"),
-    Entry("mar", "mar-fmnist"),
-    Entry("arinar", "arinar-fmnist"),
-    Entry("nextscale", "nextscale-fmnist"),
-]
+# Presets of matched size (registry.py: within 2% of nestar-fmnist's 6.8M parameters), one per family.
+MODEL_ENTRIES = [Entry(spec.name, spec.presets["fmnist"]) for spec in MODEL_SPECS.values()]
 # Each ablation changes one setting of nestar-fmnist; sizes are adjusted only where the change would
 # otherwise alter the parameter count (k=2 has 6 modules instead of 3; the joint head's transformer
 # blocks are wider than MLP blocks). Ordered by priority: a bench cut short has the first ones.
@@ -65,8 +61,7 @@ ABLATION_ENTRIES = [
     Entry("nestar-first-small", "nestar-fmnist", ("model.module_depths=(1,4,4)",), "first module: depth 4 vs 1 vs 8"),
     Entry("nestar-first-large", "nestar-fmnist", ("model.module_depths=(8,4,4)",), "first module: depth 4 vs 1 vs 8"),
 ]
-QUICK_ENTRIES = [Entry(n.split("-")[0], n) for n in ("nestar-tiny", "raster-tiny", "mar-tiny", "arinar-tiny",
-                                                      "nextscale-tiny")]
+QUICK_ENTRIES = [Entry(spec.name, spec.presets["tiny"]) for spec in MODEL_SPECS.values()]
 QUICK_ABLATIONS = [Entry("nestar-zorder", "nestar-tiny", ("model.order=zorder",), "order: lattice vs zorder")]
 
 

@@ -41,7 +41,6 @@ import torch
 
 from nestar.utils.precision import resolve_precision
 
-DEFAULT_FAMILIES = ("nestar", "raster", "mar", "arinar", "nextscale")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -49,7 +48,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class SpeedOptions:
     """Harness settings; None fields take their defaults from `quick` (see `resolved`)."""
 
-    presets: Optional[list[str]] = None  # None: '<family>-s' (or '-tiny' with quick) of DEFAULT_FAMILIES
+    presets: Optional[list[str]] = None  # None: every family's 's' preset ('tiny' with quick)
     out: str = "benchmarks/results/speed"
     device: str = "auto"
     dtype: str = "auto"  # weights' dtype; 'auto': bfloat16 where the hardware runs bf16 natively, else float32
@@ -96,16 +95,11 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def default_presets(quick: bool) -> tuple[list[str], list[str]]:
-    """(registered presets to run, notes about the families that are not registered)."""
-    from nestar.registry import PRESETS
+def default_presets(quick: bool) -> list[str]:
+    """Every registered family's matched small preset ('s'), or its 'tiny' one with `quick`."""
+    from nestar.models import MODEL_SPECS
 
-    suffix = "-tiny" if quick else "-s"
-    names, notes = [], []
-    for fam in DEFAULT_FAMILIES:
-        name = fam + suffix
-        (names if name in PRESETS else notes).append(name)
-    return names, [f"{n}: not registered, skipped" for n in notes]
+    return [spec.presets["tiny" if quick else "s"] for spec in MODEL_SPECS.values()]
 
 
 def _rss_bytes() -> int:
@@ -174,7 +168,7 @@ class _HeadCounter:
 
             def wrapped(z_NZ, *a, _orig=orig, _h=h, **kw):
                 nfe = _h.nfe(kw.get("num_steps"))
-                guided = kw.get("z_uncond_NZ") is not None and kw.get("cfg", 1.0) != 1.0
+                guided = kw.get("z_uncond_NZ") is not None and kw.get("guidance_scale", 1.0) != 1.0
                 self.calls += 1
                 self.seq_nfe += nfe
                 self.token_nfe += z_NZ.shape[0] * nfe * (2 if guided else 1)
@@ -226,7 +220,7 @@ def _sample_fn(model, cfg, opts: SpeedOptions, batch: int, dev: torch.device) ->
     def fn():
         gen = torch.Generator(device=dev).manual_seed(opts.seed)
         with torch.no_grad():
-            return model.sample(labels, cfg=w, cfg_schedule=opts.cfg_schedule, temperature=1.0, num_steps=steps, generator=gen)
+            return model.sample(labels, guidance_scale=w, cfg_schedule=opts.cfg_schedule, temperature=1.0, num_steps=steps, generator=gen)
 
     return fn
 
@@ -384,7 +378,7 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict:
             else:
                 notes.append(f"{n}: not registered, skipped")
     else:
-        names, notes = default_presets(opts.quick)
+        names = default_presets(opts.quick)
     names += [n for n in opts.load if n not in names]
     env = environment(opts, dev)
     rows, growth = [], []

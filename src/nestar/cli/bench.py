@@ -49,8 +49,9 @@ def add_parser(sub) -> None:
                     "Overrides (--section.key=value) apply to every preset.")
     add_overrides_epilog(s)
     s.add_argument("--presets", type=_csv_list, default=None,
-                   help="comma-separated presets (default: nestar-s,raster-s,mar-s,arinar-s,nextscale-s; "
-                        "the -tiny ones with --quick; unregistered ones are skipped with a note)")
+                   help="comma-separated presets (default: the '-s' preset of every model family, "
+                        "nestar.models.MODEL_SPECS; the -tiny ones with --quick; unregistered ones are "
+                        "skipped with a note)")
     s.add_argument("--quick", action="store_true", help="tiny presets, 1 warm-up, 2 repeats, throughput batch 8")
     s.add_argument("--out", default="benchmarks/results/speed", help="output directory")
     s.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")

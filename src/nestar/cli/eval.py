@@ -210,7 +210,7 @@ def sample_checkpoint(args, progress: bool):
     labels = balanced_labels(args.num_samples, pipe.config.data.num_classes)
     t0 = time.perf_counter()
     images = distributed_sample(pipe, labels, seed=args.seed, chunk_size=args.batch_size, progress=progress,
-                                cfg=settings["cfg"], cfg_schedule=settings["cfg_schedule"],
+                                guidance_scale=settings["cfg"], cfg_schedule=settings["cfg_schedule"],
                                 temperature=settings["temperature"], num_steps=settings["num_steps"])
     settings["sequential_steps"] = pipe.model.sequential_steps()
     settings["sample_seconds"] = round(time.perf_counter() - t0, 2)

@@ -1,4 +1,4 @@
-"""NestAR: Nested AutoRegressive generation with continuous tokens (SPEC section 2).
+"""NestAR: Nested AutoRegressive generation with continuous tokens (docs/design.md, "NestAR").
 
 N = k^M tokens in a fixed generation order (`orders.py`). Module 1 generates tokens 1..k one at a
 time; module m > 1 sees the first k^(m-1) tokens as its first patch and generates k-1 further
@@ -24,9 +24,10 @@ from torch import nn
 
 from nestar.config import check_min
 from nestar.heads import FlowHeadConfig, build_flow_head
-from nestar.models.base import GenerativeModel, SampleOutput, cfg_scale
-from nestar.models.layers import KVCache, Transformer
+from nestar.layers import ClassEmbedding, KVCache, Transformer
+from nestar.models.base import GenerativeModel, GuidedBatch, SampleOutput, TokenModelConfig
 from nestar.models.orders import ORDERS, GenerationOrder
+from nestar.models.spec import ModelSpec, register_model
 
 _COND, _CONTENT, _QUERY = 0, 1, 2
 PREFIX_NOISE_MODES = ("all", "boundary")
@@ -37,8 +38,8 @@ _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1,
 
 
 @dataclass
-class NestARConfig:
-    """NestAR hyper-parameters. `grid_size`, `token_dim`, `num_classes` are set from the data and tokenizer.
+class NestARConfig(TokenModelConfig):
+    """NestAR hyper-parameters (with TokenModelConfig's): the order, k, and one transformer per module.
 
     `module_dims`/`module_depths`: per-module width/depth (length M), default `dim`/`depth` for all;
     the first module's size is a known lever on diversity. `shared_trunk`: one transformer for all
@@ -57,19 +58,14 @@ class NestARConfig:
 
     grid_size: int = 8
     token_dim: int = 16
-    num_classes: int = 10
     k: int = 4
     order: str = "lattice"
-    dim: int = 256
     depth: int = 4
-    head_dim: int = 64
-    mlp_ratio: float = 4.0
     module_dims: Optional[tuple[int, ...]] = None
     module_depths: Optional[tuple[int, ...]] = None
     shared_trunk: bool = False
     num_cond_tokens: int = 1
     z_dim: int = 256
-    label_dropout: float = 0.1
     prefix_noise: float = 0.0
     prefix_noise_mode: str = "all"
     sample_prefix_noise: float = 0.0
@@ -81,17 +77,10 @@ class NestARConfig:
     head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
 
     def __post_init__(self) -> None:
-        check_min("model.", 1, dim=self.dim, depth=self.depth, head_dim=self.head_dim, z_dim=self.z_dim,
-                  num_cond_tokens=self.num_cond_tokens, k=self.k)
-        for w in (self.dim, *(self.module_dims or ())):
-            if w % self.head_dim:
-                raise ValueError(f"model width {w} (model.dim / model.module_dims) is not divisible by "
-                                 f"model.head_dim {self.head_dim}")
+        super().__post_init__()
+        check_min("model.", 1, depth=self.depth, z_dim=self.z_dim, num_cond_tokens=self.num_cond_tokens, k=self.k)
         check_min("model.", 1, **{f"module_dims[{i}]": v for i, v in enumerate(self.module_dims or ())},
                   **{f"module_depths[{i}]": v for i, v in enumerate(self.module_depths or ())})
-        if not 0 <= self.label_dropout < 1 or self.mlp_ratio <= 0:
-            raise ValueError(f"model.label_dropout must be in [0, 1) and model.mlp_ratio > 0, got "
-                             f"{self.label_dropout} and {self.mlp_ratio}")
         if self.order not in ORDERS:
             raise ValueError(f"model.order must be one of {ORDERS}, got {self.order!r}")
         m = GenerationOrder(self.grid_size, self.k, self.order, self.order_offset).num_modules  # validates
@@ -113,6 +102,9 @@ class NestARConfig:
             raise ValueError("model.sample_prefix_noise needs model.prefix_noise_mode='boundary' (the module "
                              "must be told the level it is trained with)")
 
+    def widths(self) -> tuple[int, ...]:
+        return (self.dim, *(self.module_dims or ()))
+
 
 class ModuleNet(nn.Module):
     """The transformer of one module: embeds [cond; content; queries] and returns z at the queries."""
@@ -121,7 +113,7 @@ class ModuleNet(nn.Module):
         super().__init__()
         n = cfg.grid_size**2
         self.cfg = cfg
-        self.class_emb = nn.Embedding(cfg.num_classes + 1, width)  # last id = null class
+        self.class_emb = ClassEmbedding(cfg.num_classes, width)
         self.cond_pos = nn.Parameter(torch.zeros(cfg.num_cond_tokens, width))
         self.token_in = nn.Linear(cfg.token_dim, width)
         self.pos = nn.Parameter(torch.zeros(n, width))  # indexed by raster position
@@ -159,7 +151,7 @@ class ModuleNet(nn.Module):
         b = content_BnC.shape[0]
         parts = []
         if labels_B is not None:
-            cond = self.class_emb(labels_B)[:, None, :] + self.cond_pos[None]
+            cond = self.class_emb.tokens(labels_B, self.cond_pos)
             if self.level_in is not None:
                 lv = level_B if level_B is not None else torch.zeros(b, device=cond.device)
                 cond = cond + self.level_in(lv[:, None].to(cond.dtype))[:, None, :]
@@ -183,8 +175,9 @@ class ModuleNet(nn.Module):
 class NestAR(GenerativeModel):
     """Nested AutoRegressive model with a rectified-flow MLP head."""
 
-    def __init__(self, cfg: NestARConfig):
+    def __init__(self, config: NestARConfig):
         super().__init__()
+        cfg = config
         self.config, self.num_classes = cfg, cfg.num_classes
         self.order = GenerationOrder(cfg.grid_size, cfg.k, cfg.order, cfg.order_offset)
         self.num_modules = self.order.num_modules
@@ -277,6 +270,9 @@ class NestAR(GenerativeModel):
     def sequential_steps(self) -> int:
         return self.order.sequential_steps()
 
+    def transformers(self) -> list[Transformer]:
+        return [t.transformer for t in self.trunks]
+
     # ----- training -------------------------------------------------------------------------
     def module_conditions(self, m: int, x_ord_BNC: torch.Tensor, labels_B: torch.Tensor, noise_level_B: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Teacher-forced conditions z (B, T*S, z_dim) for all target tokens of module m."""
@@ -324,38 +320,18 @@ class NestAR(GenerativeModel):
         return out
 
     # ----- sampling -------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(
-        self,
-        labels: torch.Tensor,
-        *,
-        cfg: float = 1.0,
-        cfg_schedule: str = "linear",
-        temperature: float = 1.0,
-        num_steps: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
-        use_cache: bool = True,
-    ) -> SampleOutput:
-        """Generate tokens for `labels`; `num_steps` = flow-head ODE steps (default from config).
-
-        cfg guides the head's velocity over all channels (v_u + w (v_c - v_u)); cfg == 1 skips the
-        unconditional branch. `use_cache=False` recomputes the full sequence every step (reference path).
-        """
-        labels = self.check_labels(labels)
-        B, N, C = labels.shape[0], self.order.num_tokens, self.config.token_dim
-        guided = cfg != 1.0
-        lab = torch.cat([labels, torch.full_like(labels, self.num_classes)]) if guided else labels
-        B2 = lab.shape[0]
-        dev = self.device
-        dtype = next(self.parameters()).dtype
-        x_ord = torch.zeros(B2, N, C, device=dev, dtype=dtype)
+    def _sample(self, run: GuidedBatch, *, use_cache: bool = True) -> SampleOutput:
+        """Module by module, one patch per step; `use_cache=False` recomputes the full sequence every
+        step (reference path). Guidance acts on the head's velocity over all channels."""
+        B, N, C, c = run.batch, self.order.num_tokens, self.config.token_dim, self.config.num_cond_tokens
+        lab, dev, B2 = run.batch_labels, run.device, run.batch_labels.shape[0]
+        x_ord = torch.zeros(B2, N, C, device=dev, dtype=run.dtype)
         intermediates, known = [], []
         for m in range(1, self.num_modules + 1):
             P, S, T = self.order.layout(m)
             trunk = self.trunk(m)
-            c = self.config.num_cond_tokens
-            caches = trunk.transformer.new_caches(B2, c + P + T * S, dtype, dev) if use_cache else None
-            x_in, level = self._sampling_prefix(x_ord, P, B, guided, generator)
+            caches = trunk.transformer.new_caches(B2, c + P + T * S, run.dtype, dev) if use_cache else None
+            x_in, level = self._sampling_prefix(x_ord, P, run)
             start = 0
             for b in range(1, T + 1):
                 n_content = P + (b - 1) * S
@@ -374,29 +350,16 @@ class NestAR(GenerativeModel):
                     h = trunk.embed(lab, x_in[:, :n_content], self.perm[:n_content], query_pos, query_lab.to(dev), m,
                                     nb, level)
                     z = trunk(h, mask, S)
-                z = z.reshape(B2 * S, -1) if not guided else z.reshape(2, B * S, -1)
-                w = cfg_scale(cfg, cfg_schedule, (n_content + S) / N)
-                x_new = self.head.sample(
-                    z[0] if guided else z,
-                    z_uncond_NZ=z[1] if guided else None,
-                    cfg=w,
-                    num_steps=num_steps,
-                    temperature=temperature,
-                    generator=generator,
-                    group_size=S,
-                ).to(dtype)
-                x_new = x_new.view(B, S, C)
+                x_new = run.draw(self.head, z, (n_content + S) / N, group_size=S)
                 for x in (x_ord,) if x_in is x_ord else (x_ord, x_in):  # x_in: the noised-prefix copy
-                    x[:B, n_content : n_content + S] = x_new
-                    if guided:
-                        x[B:, n_content : n_content + S] = x_new
+                    run.write(x, slice(n_content, n_content + S), x_new)
             intermediates.append(self.order.preview(x_ord[:B, :, :][:, self.inv_perm], P + T * S))
             known.append(self.order.known_mask(P + T * S))
         return SampleOutput(tokens=x_ord[:B, self.inv_perm], intermediates=intermediates,
                             sequential_steps=self.sequential_steps(), known=known)
 
-    def _sampling_prefix(self, x_ord: torch.Tensor, P: int, B: int, guided: bool,
-                         generator: Optional[torch.Generator]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _sampling_prefix(self, x_ord: torch.Tensor, P: int,
+                         run: GuidedBatch) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """What a module reads at sampling: x_ord itself, or ('boundary' mode with `sample_prefix_noise`)
         a copy whose prefix is noised at the fixed level, one noise draw shared by both guidance halves."""
         cfg = self.config
@@ -406,8 +369,10 @@ class NestAR(GenerativeModel):
         if not (P and cfg.sample_prefix_noise):
             return x_ord, level
         x_in = x_ord.clone()
-        noisy = self._noised(x_ord[:B, :P], level[:B], generator)
-        x_in[:B, :P] = noisy
-        if guided:
-            x_in[B:, :P] = noisy
+        B = run.batch
+        run.write(x_in, slice(0, P), self._noised(x_ord[:B, :P], level[:B], run.generator))
         return x_in, level
+
+
+register_model(ModelSpec("nestar", NestARConfig, NestAR, "NestAR: nested AR, one patch of k^(m-1) tokens per step",
+                         presets={"tiny": "nestar-tiny", "s": "nestar-s", "fmnist": "nestar-fmnist"}))

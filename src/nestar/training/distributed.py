@@ -170,23 +170,17 @@ class LossModule(nn.Module):
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of any nestar model (the units of FSDP sharding)."""
-    from nestar.models.layers import Block
-
-    return [m for m in model.modules() if isinstance(m, Block)]
+    """The units of FSDP sharding and compilation: the backbone blocks the model names."""
+    return model.shard_units()
 
 
 def checkpoint_units(model: nn.Module) -> list[nn.Module]:
-    """Units of activation checkpointing: the transformer blocks and the heads' residual blocks.
+    """Units of activation checkpointing: the backbone's and the head's blocks, as the model names them.
 
     The per-token heads run on (tokens x head batch multiplier) rows, so at ImageNet scale their
     activations outweigh the transformers' (docs/scaling.md).
     """
-    from nestar.heads.flow_mlp import ResBlock
-    from nestar.heads.gmm_ar import AdaLNBlock
-    from nestar.models.layers import Block
-
-    return [m for m in model.modules() if isinstance(m, (Block, ResBlock, AdaLNBlock))]
+    return model.checkpoint_units()
 
 
 class _CheckpointedForward:

@@ -378,7 +378,7 @@ class Trainer:
         # At most 16 rows (evenly spaced classes): ImageNet's 1000 classes would take 8000 samples.
         classes = torch.arange(n) if n <= 16 else torch.linspace(0, n - 1, 16).round().long()
         labels = classes.repeat_interleave(per_class)
-        out = self.ema.sample(labels, cfg=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
+        out = self.ema.sample(labels, guidance_scale=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
                               num_steps=s.num_steps, generator=torch.Generator().manual_seed(s.seed))
         images = torch.cat([self.tokenizer.decode(t).clamp(-1, 1) for t in out.tokens.split(64)])
         return save_grid(images, path, nrow=per_class, scale=2 if self.cfg.data.image_size <= 64 else 1)
