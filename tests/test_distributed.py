@@ -29,7 +29,8 @@ from nestar.config import apply_overrides
 from nestar.data import DatasetMissingError, build_dataset
 from nestar.pipeline import Pipeline
 from nestar.registry import build_model, get_preset
-from nestar.training import CheckpointError, Trainer, read_checkpoint_info, save_pretrained
+from nestar.serialization import CheckpointError, read_checkpoint_info, save_pretrained
+from nestar.training import Trainer
 from nestar.training import distributed as D
 from nestar.training.data_order import StepBatchSampler
 from nestar.training.trainer import _MicroBatchSampler

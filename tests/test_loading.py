@@ -19,7 +19,7 @@ from nestar.models import MODEL_SPECS, ModelSpec
 from nestar.registry import build_model, get_preset
 from nestar.tokenizers import build_tokenizer
 from nestar.training.lr import make_optimizer
-from nestar.training.checkpoint import (
+from nestar.serialization import (
     CheckpointError, build_model_from_tensors, load_model_from_checkpoint, load_pretrained, meta_tensors,
     parameters_on_meta, save_checkpoint, save_pretrained,
 )

@@ -279,7 +279,7 @@ def test_config_check_fills_fields_added_since_the_checkpoint(tiny_cfg):
     import copy
 
     from nestar.registry import config_to_dict
-    from nestar.training.checkpoint import check_config
+    from nestar.serialization import check_config
 
     saved = copy.deepcopy(config_to_dict(tiny_cfg))
     del saved["model"]["head"]["kind"], saved["data"]["latent_cache"]  # fields newer than the checkpoint

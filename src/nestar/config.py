@@ -13,13 +13,10 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nestar.errors import UserError
+from nestar.errors import ConfigError
 
 T = TypeVar("T")
-
-
-class ConfigError(UserError, ValueError):
-    """A config value or field is invalid; the message names the field."""
+__all__ = ["ConfigError", "apply_overrides", "check_min", "diff_configs", "from_dict", "save_json", "to_dict"]
 
 
 def check_min(prefix: str, minimum: float, **values: float) -> None:

@@ -12,6 +12,10 @@ class UserError(Exception):
     """An error caused by the input (config, data, checkpoint, device, option values), not by a bug."""
 
 
+class ConfigError(UserError, ValueError):
+    """A config value or field is invalid; the message names the field."""
+
+
 class DataError(UserError, ValueError):
     """A dataset on disk cannot be used as configured (unreadable images, labels out of range, ...)."""
 

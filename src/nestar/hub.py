@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from nestar.training.checkpoint import CheckpointError
+from nestar.serialization import CheckpointError
 
 # owner/name[@revision]: the Hub's repo-id characters; exactly one slash, no leading dot or slash.
 _REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<rev>[\w./-]{1,200}))?$")

@@ -13,7 +13,7 @@ from nestar.config import ConfigError
 from nestar.models.base import GenerativeModel
 from nestar.pretrained import describe_available, pretrained_dir
 from nestar.tokenizers import Tokenizer, build_tokenizer
-from nestar.training.checkpoint import CheckpointError, load_model_from_checkpoint, load_pretrained, save_pretrained
+from nestar.serialization import CheckpointError, load_model_from_checkpoint, load_pretrained, save_pretrained
 from nestar.utils.device import parse_device
 from nestar.utils.precision import Precision, resolve_precision
 

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from nestar.cli.common import override_keys
     from nestar.config import ConfigError, apply_overrides, to_dict
-    from nestar.tokenizers.train_vae import TokenizerTrainConfig, train_vae
+    from nestar.training.train_vae import TokenizerTrainConfig, train_vae
 
     overrides = list(args.overrides)
     if args.steps is not None:

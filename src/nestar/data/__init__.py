@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -91,7 +91,14 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float().div(127.5).sub(1.0)
 
 
+def collate(data: Any) -> Any:
+    """Batched datasets (`__getitems__`) already return (images, labels) tensors."""
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return data
+    return torch.utils.data.default_collate(data)
+
+
 __all__ = [
     "CLASS_NAMES", "DataConfig", "DataError", "DatasetMissingError", "ImageFolderDataset", "TensorImageDataset",
-    "build_dataset", "class_names", "load_fashion_mnist", "to_float",
+    "build_dataset", "class_names", "collate", "load_fashion_mnist", "to_float",
 ]

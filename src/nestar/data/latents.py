@@ -134,7 +134,7 @@ def cache_latents(tokenizer, dataset, out_dir, *, shard_size: int = 4096, batch_
     from safetensors.torch import save_file
 
     from nestar.data import to_float
-    from nestar.training.data_order import collate
+    from nestar.data import collate
 
     log = log or (lambda s: None)
     if not hasattr(tokenizer, "encode_moments"):

@@ -241,12 +241,5 @@ def get_classifier(data_cfg: DataConfig, *, cache_dir: Optional[str | Path] = No
     return model.to(device).eval(), {**info, "cache_path": str(w_path), "cached": False}
 
 
-def class_agreement(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of samples whose predicted class is the class they were generated for."""
-    from nestar.evaluation.metrics import class_agreement as _ca
-
-    return _ca(logits, labels)
-
-
-__all__ = ["ClassifierSettings", "SmallCNN", "class_agreement", "classifier_key", "get_classifier",
+__all__ = ["ClassifierSettings", "SmallCNN", "classifier_key", "get_classifier",
            "train_classifier"]

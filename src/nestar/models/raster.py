@@ -19,7 +19,6 @@ inside `head.sample`, guidance_scale == 1 runs no unconditional branch (models/b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from torch import nn

@@ -422,7 +422,7 @@ def read_kl_dir_config(directory) -> dict:
     """config.json of a trained VAE directory (no weights are read)."""
     from pathlib import Path
 
-    from nestar.tokenizers.kl16 import TokenizerCheckpointError
+    from nestar.tokenizers.vae_weights import TokenizerCheckpointError
 
     p = Path(directory) / KL_DIR_CONFIG
     if not p.is_file():
@@ -443,7 +443,7 @@ def load_kl_dir(directory) -> tuple[KLAutoencoder, dict]:
     """(autoencoder with weights, config dict) of a directory written by `save_kl_dir`."""
     from pathlib import Path
 
-    from nestar.tokenizers.kl16 import load_weights, read_state_dict
+    from nestar.tokenizers.vae_weights import load_weights, read_state_dict
 
     cfg = read_kl_dir_config(directory)
     vae = KLAutoencoder(cfg["arch"])

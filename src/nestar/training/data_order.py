@@ -41,10 +41,3 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def __len__(self) -> int:  # infinite in practice; DataLoader only needs it for len()
         return 2**62
-
-
-def collate(data):
-    """Batched datasets (`__getitems__`) already return (images, labels) tensors."""
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        return data
-    return torch.utils.data.default_collate(data)

@@ -30,7 +30,6 @@ from torch import nn
 
 from nestar.utils.device import check_device, parse_device
 
-PARALLEL_MODES = ("ddp", "fsdp")
 _MASK64 = (1 << 64) - 1
 
 
@@ -418,7 +417,7 @@ def check_world_size(path, saved: dict, *, world_size: int, grad_accum: int, bat
       then it continues with the same data order but other per-micro-batch random draws;
     - different global batch: refused.
     """
-    from nestar.training.checkpoint import CheckpointError
+    from nestar.serialization import CheckpointError
 
     sw, sa, sb = int(saved.get("world_size", 1)), int(saved.get("grad_accum", 1)), int(saved.get("batch_size", batch_size))
     if sw == world_size:
@@ -500,7 +499,7 @@ def distributed_sample(pipeline, labels, *, seed: int = 0, chunk_size: int = 64,
 
 
 __all__ = [
-    "DistEnv", "FSDPUnavailableError", "LossModule", "PARALLEL_MODES", "ShardedEMA", "all_reduce_mean",
+    "DistEnv", "FSDPUnavailableError", "LossModule", "ShardedEMA", "all_reduce_mean",
     "apply_activation_checkpointing", "barrier", "check_world_size", "checkpoint_units", "chunk_seed", "compile_blocks",
     "device_for_rank", "distributed_sample", "gather_fsdp_state", "init_distributed", "launched_by_torchrun",
     "load_sharded_optimizer", "micro_batch_seed", "mix_seed", "shard_fsdp", "shutdown_distributed",

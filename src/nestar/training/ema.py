@@ -35,13 +35,3 @@ def update_ema(ema: nn.Module, model: nn.Module, step: int, decay: float) -> flo
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
     return d
-
-
-class EMA:
-    """Object form of the functions above: `.module` holds the averaged copy (Trainer.ema is that module)."""
-
-    def __init__(self, model: nn.Module):
-        self.module = make_ema(model)
-
-    def update(self, model: nn.Module, step: int, decay: float) -> float:
-        return update_ema(self.module, model, step, decay)

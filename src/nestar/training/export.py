@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from nestar.config import save_json
 from nestar import pretrained
-from nestar.training.checkpoint import CheckpointError, load_model_from_checkpoint, read_checkpoint_info, save_pretrained
+from nestar.serialization import CheckpointError, load_model_from_checkpoint, read_checkpoint_info, save_pretrained
 from nestar.training.resume import last_logged_loss
 
 MAX_MB = 50  # a shipped model stays small: the package is installed with it

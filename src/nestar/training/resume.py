@@ -64,7 +64,7 @@ def reconcile_resume(cfg, info: Optional[dict], path, *, world_size: int = 1, al
     Returns notices to print. Raises CheckpointError listing each blocked change (nothing written).
     """
     from nestar.registry import config_to_dict, load_run_config
-    from nestar.training.checkpoint import MATCHED_SECTIONS, CheckpointError
+    from nestar.serialization import MATCHED_SECTIONS, CheckpointError
 
     if info is None:  # a fresh run: a history copied in with --config describes another run's weights
         notices = ["the history in this config belongs to another run and is dropped"] if cfg.history else []

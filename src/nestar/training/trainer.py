@@ -25,16 +25,16 @@ import torch
 from tqdm import tqdm
 
 from nestar.config import ConfigError, save_json
-from nestar.data import build_dataset, to_float
+from nestar.data import build_dataset, collate, to_float
 from nestar.errors import DataError, RunLockedError, UserError
 from nestar.registry import RunConfig, build_model, config_to_dict, resolve
 from nestar.tokenizers import build_tokenizer
 from nestar.training import distributed as D
-from nestar.training.checkpoint import (
+from nestar.serialization import (
     CheckpointCorruptError, CheckpointError, check_config, load_checkpoint, nonfinite_report, read_checkpoint_info,
     read_optimizer_state, save_pretrained, write_checkpoint,
 )
-from nestar.training.data_order import StepBatchSampler, collate
+from nestar.training.data_order import StepBatchSampler
 from nestar.training.ema import make_ema, update_ema
 from nestar.training.lr import apply_hparams, lr_at, make_optimizer
 from nestar.training.resume import last_logged_loss, reconcile_resume
@@ -44,7 +44,7 @@ from nestar.utils.io import atomic_write_text, remove_orphan_tmp
 from nestar.utils.lock import RunLock
 from nestar.utils.precision import resolve_precision
 
-__all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "lr_at", "make_optimizer", "resolve_device"]
+__all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "lr_at", "make_optimizer"]
 
 
 class TrainingDivergedError(UserError, RuntimeError):
@@ -60,12 +60,6 @@ class TrainResult:
     run_dir: Path
     checkpoint: Path
     precision: str = "fp32"  # what the forward passes ran in: 'fp32' or 'bf16' autocast
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class _MicroBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -382,17 +376,6 @@ class Trainer:
                               num_steps=s.num_steps, generator=torch.Generator().manual_seed(s.seed))
         images = torch.cat([self.tokenizer.decode(t).clamp(-1, 1) for t in out.tokens.split(64)])
         return save_grid(images, path, nrow=per_class, scale=2 if self.cfg.data.image_size <= 64 else 1)
-
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """One update from this rank's batch (cut into grad_accum micro-batches).
-
-        Raises TrainingDivergedError before touching weights if the loss or gradient is not finite.
-        """
-        accum = self.cfg.train.grad_accum
-        if images.shape[0] % accum:
-            raise ValueError(f"a batch of {images.shape[0]} cannot be cut into train.grad_accum={accum} micro-batches")
-        parts = list(zip(images.chunk(accum), labels.chunk(accum)))
-        return self._step(lambda j: parts[j])
 
     @torch.no_grad()
     def _tokens(self, batch: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from nestar.config import ConfigError
+from nestar.errors import ConfigError
 
 
 def check_device(device: torch.device, field: str) -> torch.device:

@@ -1,4 +1,6 @@
-"""Checkpoints: one safetensors file per checkpoint, JSON config in its metadata, atomic writes.
+"""Serialization: training checkpoints and saved models, one safetensors file each, JSON config in its metadata.
+
+Checkpoints are written atomically.
 
 Nothing is ever unpickled. A checkpoint holds `model.*` and `ema.*` weights, the AdamW state
 (`optim.<param index>.<name>`), the torch RNG state, and in its metadata the resolved run config,
@@ -255,7 +257,7 @@ def check_config(path, saved: dict, config) -> None:
                               + " (checkpoint value != config value)")
 
 
-def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path, assign: bool = False) -> None:
+def load_module_state(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path, assign: bool = False) -> None:
     """Load `prefix.*` tensors into module, naming missing/unexpected keys and shape mismatches.
 
     `assign`: put the checkpoint tensors in place of the module's (cast to the module's dtypes)
@@ -283,9 +285,9 @@ def load_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module] = None,
     saved = info["config"]
     if config is not None:
         check_config(path, saved, config)
-    load_weights(model, tensors, "model", path)
+    load_module_state(model, tensors, "model", path)
     if ema is not None:
-        load_weights(ema, tensors, "ema", path)
+        load_module_state(ema, tensors, "ema", path)
     if optimizer is not None:
         state: dict = {}
         for k, v in tensors.items():
@@ -394,7 +396,7 @@ def meta_tensors(module: nn.Module) -> list[str]:
 
 def build_model_from_tensors(config, tensors: dict[str, torch.Tensor], prefix: str, path,
                              fast: bool = True) -> nn.Module:
-    """`build_model(config)` holding the `prefix.*` tensors, loaded with `load_weights` semantics
+    """`build_model(config)` holding the `prefix.*` tensors, loaded with `load_module_state` semantics
     (CheckpointError naming missing/unexpected keys and mismatched shapes).
 
     `fast` builds the model with `parameters_on_meta` and assigns the tensors instead of initialising
@@ -416,7 +418,7 @@ def build_model_from_tensors(config, tensors: dict[str, torch.Tensor], prefix: s
             if n_all != sum(1 for _ in model.named_parameters()):
                 reason = "it shares parameters between modules"
             else:
-                load_weights(model, tensors, prefix, path, assign=True)
+                load_module_state(model, tensors, prefix, path, assign=True)
                 left = meta_tensors(model)
                 if not left:
                     return model
@@ -425,7 +427,7 @@ def build_model_from_tensors(config, tensors: dict[str, torch.Tensor], prefix: s
     if reason is not None:
         warnings.warn(f"model_type {config.model_type!r} from {path}: fast loading is not possible ({reason}); "
                       f"built with random initialisation instead", stacklevel=2)
-    load_weights(model, tensors, prefix, path)
+    load_module_state(model, tensors, prefix, path)
     return model
 
 
