@@ -234,7 +234,7 @@ def _nestar_fmnist() -> RunConfig:
         model=NestARConfig(k=4, order="lattice", dim=192, depth=4, z_dim=192, head=FlowHeadConfig(width=256, depth=3)),
         tokenizer=TokenizerConfig(patch_size=4),
         train=TrainConfig(steps=800, batch_size=64, lr=1e-3, warmup_steps=50, log_every=25, sample_every=400, ckpt_every=200),
-        # Constant guidance: class agreement 0.96 vs 0.91 with the linear ramp (300 samples, cfg 3, T 1).
+        # Constant guidance: higher class agreement than the linear ramp (docs/results.md, "Defaults").
         sample=SampleConfig(cfg=3.0, cfg_schedule="constant", temperature=1.0, num_steps=25),
     )
 
@@ -246,7 +246,7 @@ def _nestar_fmnist_demo() -> RunConfig:
     Same tokens, order and sampling; 2.8M parameters (width 128, head 128 x 3 with one noise draw per
     token) and 1,200 steps of 32 images: ~6x less fp32 time per training image than nestar-fmnist
     (docs/design.md, "The demo's budget"). fp32 even where bf16 is native: at this size bf16
-    autocast measured slower (0.35 vs 0.28 s per step on an AVX-512 BF16 Xeon).
+    autocast is slower (docs/results.md, "Measurements behind defaults").
     """
     base = _nestar_fmnist()
     base.model = NestARConfig(k=4, order="lattice", dim=128, depth=4, z_dim=128,

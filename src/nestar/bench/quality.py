@@ -2,7 +2,7 @@
 
 Each entry is a preset plus overrides. The bench trains it with the shared Trainer (resuming a run
 that exists), samples `num_eval` images with balanced labels and one seed, and scores them with the
-evaluation suite (SPEC 6: FID, KID, precision/recall, class agreement, within-class diversity)
+evaluation suite (docs/evaluation.md: FID, KID, precision/recall, class agreement, within-class diversity)
 against the cached statistics of the real test split. A "real" row (images of the train split,
 same N) gives the floor that finite N allows. Finished entries are cached as JSON under
 `out/entries/`, so an interrupted bench continues where it stopped.

@@ -1,4 +1,4 @@
-"""`nestar eval`: sample-quality metrics (SPEC 6) for a checkpoint or a set of images, as JSON.
+"""`nestar eval`: sample-quality metrics (docs/evaluation.md) for a checkpoint or a set of images, as JSON.
 
 Samples come from a checkpoint (balanced labels 0, 1, ..., K-1, 0, 1, ... from one seeded
 generator, so any prefix is class-balanced and a rerun gives the same images) or from a folder /

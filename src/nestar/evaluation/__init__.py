@@ -1,4 +1,4 @@
-"""Evaluation (SPEC 6): the dataset classifier, feature extractors, cached reference statistics and
+"""Evaluation (docs/evaluation.md): the dataset classifier, feature extractors, cached reference statistics and
 the metrics (FID, KID, Inception-style score, precision/recall, class agreement, diversity).
 
 Heavy pieces are imported lazily by callers; this module re-exports the public names.

@@ -1,4 +1,4 @@
-"""The dataset classifier (SPEC 6a): a small CNN trained by the project on the train split.
+"""The dataset classifier (docs/evaluation.md): a small CNN trained by the project on the train split.
 
 It scores class agreement (does a sample look like the class it was asked for?) and, through
 `features`, serves as the offline feature extractor for FID/KID/precision-recall. Nothing is
@@ -48,7 +48,7 @@ class ClassifierSettings:
     seed: int = 0
     width: int = 16
     label_smoothing: float = 0.0
-    augment: bool = False  # random shift + h-flip: measured -1.3 points at 3 epochs (90.3% vs 91.6%)
+    augment: bool = False  # random shift + h-flip: it cost accuracy (docs/results.md, "Measurements behind defaults")
     # 'auto' | 'fp32' | 'bf16' (utils/precision.py): bf16 autocast is ~1.5x faster where native and
     # ~100x slower where emulated (AVX2 CPUs). Not part of the cache key: it says how, not what.
     precision: str = "auto"

@@ -1,4 +1,4 @@
-"""Feature extractors behind one interface, so every metric runs on any of them (SPEC 6).
+"""Feature extractors behind one interface, so every metric runs on any of them (docs/evaluation.md).
 
 - `ClassifierExtractor`: the dataset classifier's 128-d penultimate features and its logits
   (offline default; trained and cached by `nestar.evaluation.classifier`).

@@ -1,4 +1,4 @@
-"""Reference statistics of a real split under an extractor, computed once and cached (SPEC 6).
+"""Reference statistics of a real split under an extractor, computed once and cached (docs/evaluation.md).
 
 FID needs (mu, sigma) of the real images, precision/recall and KID need their features; all of
 it depends only on (data on disk, split, subset, extractor), so it is computed once and stored as
@@ -25,7 +25,7 @@ from nestar.evaluation.metrics import gaussian_stats, knn_radii
 from nestar.utils.io import atomic_write
 
 STATS_VERSION = "ref-v2"
-PR_K = 3  # the k of precision/recall (SPEC 6)
+PR_K = 3  # the k of precision/recall (docs/evaluation.md)
 
 
 @dataclass
@@ -81,7 +81,7 @@ def _load(path: Path) -> ReferenceStats:
 def reference_stats(data_cfg: DataConfig, extractor: FeatureExtractor, *, split: str = "test",
                     max_images: Optional[int] = None, cache_dir: Optional[str | Path] = None,
                     progress: bool = True) -> ReferenceStats:
-    """Statistics of `split` (default the test split, SPEC 6) under `extractor`, from cache if present."""
+    """Statistics of `split` (default the test split, docs/evaluation.md) under `extractor`, from cache if present."""
     key = reference_key(data_cfg, split, extractor, max_images)
     root = Path(cache_dir) if cache_dir else cache_root() / "reference"
     path = root / f"{data_cfg.name}-{split}-{extractor.name}-{key}.safetensors"

@@ -1,5 +1,5 @@
 """The evaluation harness shared by `nestar eval` and `nestar bench quality`: balanced labels for
-sampling, and every metric of SPEC 6 from features, logits and the reference statistics."""
+sampling, and every metric of docs/evaluation.md from features, logits and the reference statistics."""
 from __future__ import annotations
 
 from typing import Optional
@@ -17,7 +17,7 @@ def balanced_labels(n: int, num_classes: int):
 
 def compute_metrics(feats, logits, labels, ref, *, class_logits=None, kid_subsets: int = 100,
                     kid_subset_size: int = 1000, images=None, seam_patch_size: Optional[int] = None) -> dict:
-    """Every metric of SPEC 6 from fake features/logits and the reference statistics.
+    """Every metric of docs/evaluation.md from fake features/logits and the reference statistics.
 
     `logits` (the extractor's) feed the Inception-style score; `class_logits` (the dataset
     classifier's) feed class agreement, and stand in for missing labels in the diversity figure.

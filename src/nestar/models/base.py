@@ -189,6 +189,11 @@ class GenerativeModel(nn.Module):
         """The backbone's transformer stacks."""
         raise NotImplementedError
 
+    def backbone_modules(self) -> list[nn.Module]:
+        """The modules of which one call is one backbone evaluation: their calls while sampling add up
+        to `sequential_steps()` (the contract tests count them)."""
+        return list(self.transformers())
+
     def shard_units(self) -> list[nn.Module]:
         """The blocks FSDP shards (and `compile_blocks` compiles) one by one: the backbone's."""
         return [blk for t in self.transformers() for blk in t.blocks]

@@ -135,6 +135,9 @@ class MaskedARModel(GenerativeModel):
     def transformers(self) -> list[Transformer]:
         return [self.backbone.encoder, self.backbone.decoder]
 
+    def backbone_modules(self) -> list[nn.Module]:
+        return [self.backbone]  # one evaluation runs the encoder and the decoder
+
     def sequential_steps(self, num_iter: Optional[int] = None) -> int:
         return len(mask_schedule(self.backbone.num_tokens, num_iter or self.config.num_iter))
 

@@ -1,4 +1,4 @@
-"""NestAR: Nested AutoRegressive generation with continuous tokens (docs/design.md, "NestAR").
+"""NestAR: Nested AutoRegressive generation with continuous tokens (docs/design.md, "Factorisation").
 
 N = k^M tokens in a fixed generation order (`orders.py`). Module 1 generates tokens 1..k one at a
 time; module m > 1 sees the first k^(m-1) tokens as its first patch and generates k-1 further
