@@ -5,6 +5,7 @@ exit with status 2; anything else is a bug and keeps its traceback. Messages nam
 or option at fault and the fix. Subclasses keep their historical bases (ValueError,
 FileNotFoundError, ...) so existing `except` clauses still catch them.
 """
+
 from __future__ import annotations
 
 

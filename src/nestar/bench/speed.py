@@ -21,6 +21,7 @@ Models are randomly initialised unless a checkpoint is given (weights do not cha
 The tokenizer decode is excluded (the pixel-patch tokenizer is a reshape).
 Ratios are against the first NestAR row of the same run; never compare numbers across runs.
 """
+
 from __future__ import annotations
 
 import csv
@@ -55,7 +56,9 @@ class SpeedOptions:
     threads: Optional[int] = None  # None: leave torch's setting
     repeats: Optional[int] = None  # timed calls per measurement (default 5, quick 2)
     warmup: Optional[int] = None  # untimed calls first (default 2, quick 1)
-    throughput_warmup: Optional[int] = None  # untimed calls at the throughput batch (default: warmup)
+    throughput_warmup: Optional[int] = (
+        None  # untimed calls at the throughput batch (default: warmup)
+    )
     batch_latency: int = 1
     batch_throughput: Optional[int] = None  # default 64, quick 8
     flops_batch: int = 2
@@ -75,7 +78,9 @@ class SpeedOptions:
         d["repeats"] = self.repeats or (2 if q else 5)
         d["warmup"] = self.warmup if self.warmup is not None else (1 if q else 2)
         d["batch_throughput"] = self.batch_throughput or (8 if q else 64)
-        d["throughput_warmup"] = self.throughput_warmup if self.throughput_warmup is not None else d["warmup"]
+        d["throughput_warmup"] = (
+            self.throughput_warmup if self.throughput_warmup is not None else d["warmup"]
+        )
         d["growth_repeats"] = self.growth_repeats or min(d["repeats"], 3)
         d["grids"] = tuple(self.grids)
         if self.dtype not in (*DTYPES, "auto"):
@@ -137,7 +142,9 @@ class _PeakRSS:
         self.delta = self.peak - self.base
 
 
-def _timed(fn: Callable[[], Any], repeats: int, warmup: int, dev: torch.device) -> tuple[list[float], Any]:
+def _timed(
+    fn: Callable[[], Any], repeats: int, warmup: int, dev: torch.device
+) -> tuple[list[float], Any]:
     """Seconds of each of `repeats` calls after `warmup` untimed ones, and the last call's output."""
     out = None
     for _ in range(warmup):
@@ -220,7 +227,14 @@ def _sample_fn(model, cfg, opts: SpeedOptions, batch: int, dev: torch.device) ->
     def fn():
         gen = torch.Generator(device=dev).manual_seed(opts.seed)
         with torch.no_grad():
-            return model.sample(labels, guidance_scale=w, cfg_schedule=opts.cfg_schedule, temperature=1.0, num_steps=steps, generator=gen)
+            return model.sample(
+                labels,
+                guidance_scale=w,
+                cfg_schedule=opts.cfg_schedule,
+                temperature=1.0,
+                num_steps=steps,
+                generator=gen,
+            )
 
     return fn
 
@@ -257,7 +271,9 @@ def measure_preset(name: str, opts: SpeedOptions, dev: torch.device) -> tuple[di
         fl()
     row["gflops_per_img"] = fc.get_total_flops() / fb / 1e9
 
-    lat, _ = _timed(_sample_fn(model, cfg, opts, opts.batch_latency, dev), opts.repeats, opts.warmup, dev)
+    lat, _ = _timed(
+        _sample_fn(model, cfg, opts, opts.batch_latency, dev), opts.repeats, opts.warmup, dev
+    )
     row["latency_ms"] = statistics.median(lat) * 1e3  # per call at batch_latency
     bt = opts.batch_throughput
     thr_fn = _sample_fn(model, cfg, opts, bt, dev)
@@ -297,8 +313,14 @@ def measure_growth(name: str, base_cfg: Any, opts: SpeedOptions, dev: torch.devi
             cfg = load_run_config(to_dict(base_cfg), [f"--tokenizer.patch_size={image_size // g}"])
             model = _random_model(cfg, opts, dev)
             fn = _sample_fn(model, cfg, opts, 1, dev)
-            t, out = _timed(fn, opts.growth_repeats, 1, dev)  # minutes per call at 32x32 on a CPU: no extra call
-            r.update(seq_steps=int(out.sequential_steps), ms_per_img=statistics.median(t) * 1e3, params_M=model.num_params() / 1e6)
+            t, out = _timed(
+                fn, opts.growth_repeats, 1, dev
+            )  # minutes per call at 32x32 on a CPU: no extra call
+            r.update(
+                seq_steps=int(out.sequential_steps),
+                ms_per_img=statistics.median(t) * 1e3,
+                params_M=model.num_params() / 1e6,
+            )
             del model
         except Exception as e:  # a model may not support a grid (e.g. k^M != n): record, go on
             r["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
@@ -335,7 +357,8 @@ def environment(opts: SpeedOptions, dev: torch.device) -> dict:
         "cfg": "per preset" if opts.cfg is None else opts.cfg,
         "cfg_schedule": opts.cfg_schedule,
         "head_steps": "per preset" if opts.head_steps is None else opts.head_steps,
-        "memory": "torch.cuda.max_memory_allocated (weights included)" if dev.type == "cuda"
+        "memory": "torch.cuda.max_memory_allocated (weights included)"
+        if dev.type == "cuda"
         else "peak RSS increase during the call (weights excluded; sampled every 1 ms)",
         "decode": "excluded (pixel-patch tokenizer)",
         "quick": opts.quick,
@@ -347,8 +370,14 @@ def environment(opts: SpeedOptions, dev: torch.device) -> dict:
 def add_ratios(rows: list[dict]) -> None:
     """x_vs_nestar = value / the first NestAR row's value (for time: >1 means slower than NestAR)."""
     ref = next((r for r in rows if r.get("model_type") == "nestar"), None)
-    keys = {"seq_steps": "steps_vs_nestar", "total_seq_evals": "seq_evals_vs_nestar", "gflops_per_img": "gflops_vs_nestar",
-            "latency_ms": "latency_vs_nestar", "throughput_img_s": "throughput_vs_nestar", "params_M": "params_vs_nestar"}
+    keys = {
+        "seq_steps": "steps_vs_nestar",
+        "total_seq_evals": "seq_evals_vs_nestar",
+        "gflops_per_img": "gflops_vs_nestar",
+        "latency_ms": "latency_vs_nestar",
+        "throughput_img_s": "throughput_vs_nestar",
+        "params_M": "params_vs_nestar",
+    }
     for r in rows:
         for k, rk in keys.items():
             if ref is None or "error" in r or not ref.get(k):
@@ -365,7 +394,10 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     dev = _device(opts.device)
-    if opts.dtype in ("auto", "bfloat16"):  # bf16 only where native; forced bf16 where emulated warns
+    if opts.dtype in (
+        "auto",
+        "bfloat16",
+    ):  # bf16 only where native; forced bf16 where emulated warns
         prec = resolve_precision("auto" if opts.dtype == "auto" else "bf16", dev, "--dtype")
         opts = replace(opts, dtype="bfloat16" if prec.bf16 else "float32")
         log(f"[bench] {prec.describe()}")
@@ -402,22 +434,55 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict:
 
 # ----- reporting -----------------------------------------------------------------------------------
 MAIN_COLUMNS = [
-    ("preset", "preset", "{}"), ("model_type", "model", "{}"), ("params_M", "params (M)", "{:.2f}"),
-    ("grid", "grid", "{}"), ("seq_steps", "seq. steps", "{}"), ("head_nfe_per_token", "head NFE/token", "{}"),
-    ("head_nfe_seq", "head NFE seq./img", "{}"), ("total_seq_evals", "total seq. evals", "{}"),
-    ("gflops_per_img", "GFLOPs/img", "{:.3f}"), ("latency_ms", "latency b=1 (ms)", "{:.1f}"),
-    ("throughput_img_s", "throughput (img/s)", "{:.2f}"), ("peak_mem_mb", "peak mem (MB)", "{:.1f}"),
+    ("preset", "preset", "{}"),
+    ("model_type", "model", "{}"),
+    ("params_M", "params (M)", "{:.2f}"),
+    ("grid", "grid", "{}"),
+    ("seq_steps", "seq. steps", "{}"),
+    ("head_nfe_per_token", "head NFE/token", "{}"),
+    ("head_nfe_seq", "head NFE seq./img", "{}"),
+    ("total_seq_evals", "total seq. evals", "{}"),
+    ("gflops_per_img", "GFLOPs/img", "{:.3f}"),
+    ("latency_ms", "latency b=1 (ms)", "{:.1f}"),
+    ("throughput_img_s", "throughput (img/s)", "{:.2f}"),
+    ("peak_mem_mb", "peak mem (MB)", "{:.1f}"),
 ]
 RATIO_COLUMNS = [
-    ("preset", "preset", "{}"), ("steps_vs_nestar", "steps", "{:.2f}x"), ("seq_evals_vs_nestar", "total seq. evals", "{:.2f}x"),
-    ("gflops_vs_nestar", "FLOPs", "{:.2f}x"), ("latency_vs_nestar", "latency", "{:.2f}x"),
-    ("throughput_vs_nestar", "throughput", "{:.2f}x"), ("params_vs_nestar", "params", "{:.2f}x"),
+    ("preset", "preset", "{}"),
+    ("steps_vs_nestar", "steps", "{:.2f}x"),
+    ("seq_evals_vs_nestar", "total seq. evals", "{:.2f}x"),
+    ("gflops_vs_nestar", "FLOPs", "{:.2f}x"),
+    ("latency_vs_nestar", "latency", "{:.2f}x"),
+    ("throughput_vs_nestar", "throughput", "{:.2f}x"),
+    ("params_vs_nestar", "params", "{:.2f}x"),
 ]
 CSV_COLUMNS = [
-    "preset", "model_type", "params_M", "grid", "tokens", "token_dim", "cfg", "head_steps", "seq_steps", "head_calls",
-    "head_nfe_per_token", "head_nfe_seq", "head_nfe_tokens", "total_seq_evals", "gflops_per_img", "latency_ms",
-    "throughput_img_s", "ms_per_img_batched", "peak_mem_mb", "steps_vs_nestar", "seq_evals_vs_nestar",
-    "gflops_vs_nestar", "latency_vs_nestar", "throughput_vs_nestar", "params_vs_nestar", "error",
+    "preset",
+    "model_type",
+    "params_M",
+    "grid",
+    "tokens",
+    "token_dim",
+    "cfg",
+    "head_steps",
+    "seq_steps",
+    "head_calls",
+    "head_nfe_per_token",
+    "head_nfe_seq",
+    "head_nfe_tokens",
+    "total_seq_evals",
+    "gflops_per_img",
+    "latency_ms",
+    "throughput_img_s",
+    "ms_per_img_batched",
+    "peak_mem_mb",
+    "steps_vs_nestar",
+    "seq_evals_vs_nestar",
+    "gflops_vs_nestar",
+    "latency_vs_nestar",
+    "throughput_vs_nestar",
+    "params_vs_nestar",
+    "error",
 ]
 GROWTH_COLUMNS = ["preset", "grid", "tokens", "seq_steps", "ms_per_img", "params_M", "error"]
 
@@ -453,17 +518,25 @@ def markdown_report(result: dict) -> str:
     env, rows, growth = result["env"], result["rows"], result["growth"]
     ok = [r for r in rows if "error" not in r]
     parts = ["# Speed benchmark", ""]
-    parts.append(f"{env['date']}; torch {env['torch']}; {env['device']} ({env['device_name']}); dtype {env['dtype']}; "
-                 f"{env['threads']} threads of {env['cpu_count']} CPUs; cfg {env['cfg']} ({env['cfg_schedule']}); "
-                 f"head steps {env['head_steps']}; {env['warmup']} warm-up + median of {env['repeats']} timed calls "
-                 f"({env.get('throughput_warmup', env['warmup'])} warm-up at the throughput batch); "
-                 f"latency at batch {env['batch_latency']}, throughput at batch {env['batch_throughput']}; "
-                 f"FLOPs at batch {env['flops_batch']}; memory: {env['memory']}; decode {env['decode']}."
-                 + (" QUICK (tiny configs)." if env["quick"] else ""))
+    parts.append(
+        f"{env['date']}; torch {env['torch']}; {env['device']} ({env['device_name']}); dtype {env['dtype']}; "
+        f"{env['threads']} threads of {env['cpu_count']} CPUs; cfg {env['cfg']} ({env['cfg_schedule']}); "
+        f"head steps {env['head_steps']}; {env['warmup']} warm-up + median of {env['repeats']} timed calls "
+        f"({env.get('throughput_warmup', env['warmup'])} warm-up at the throughput batch); "
+        f"latency at batch {env['batch_latency']}, throughput at batch {env['batch_throughput']}; "
+        f"FLOPs at batch {env['flops_batch']}; memory: {env['memory']}; decode {env['decode']}."
+        + (" QUICK (tiny configs)." if env["quick"] else "")
+    )
     parts += ["", "## Models", "", markdown_table(ok, MAIN_COLUMNS), ""]
     if any(r.get("steps_vs_nestar") is not None for r in ok):
-        parts += ["## Ratios vs NestAR (same run)", "", "Time and steps: >1 = more than NestAR; throughput: >1 = faster.", "",
-                  markdown_table(ok, RATIO_COLUMNS), ""]
+        parts += [
+            "## Ratios vs NestAR (same run)",
+            "",
+            "Time and steps: >1 = more than NestAR; throughput: >1 = faster.",
+            "",
+            markdown_table(ok, RATIO_COLUMNS),
+            "",
+        ]
     if growth:
         grids = sorted({g["grid"] for g in growth})
         cols = [("preset", "preset", "{}")]
@@ -476,19 +549,45 @@ def markdown_report(result: dict) -> str:
                     r[f"t{g['grid']}"] = g.get("ms_per_img", "err")
             table.append(r)
         for gsz in grids:
-            cols += [(f"s{gsz}", f"steps {gsz}x{gsz}", "{}"), (f"t{gsz}", f"ms/img {gsz}x{gsz}", "{:.1f}")]
-        parts += ["## Growth with the token grid (batch 1)", "", markdown_table(table, cols), "", "![growth](speed.png)", ""]
+            cols += [
+                (f"s{gsz}", f"steps {gsz}x{gsz}", "{}"),
+                (f"t{gsz}", f"ms/img {gsz}x{gsz}", "{:.1f}"),
+            ]
+        parts += [
+            "## Growth with the token grid (batch 1)",
+            "",
+            markdown_table(table, cols),
+            "",
+            "![growth](speed.png)",
+            "",
+        ]
     if result["notes"]:
         parts += ["## Notes", ""] + [f"- {n}" for n in result["notes"]]
         errs = [g for g in growth if g.get("error")]
         parts += [f"- growth {g['preset']} {g['grid']}x{g['grid']}: {g['error']}" for g in errs]
         parts.append("")
     elif any(g.get("error") for g in growth):
-        parts += ["## Notes", ""] + [f"- growth {g['preset']} {g['grid']}x{g['grid']}: {g['error']}" for g in growth if g.get("error")] + [""]
+        parts += (
+            ["## Notes", ""]
+            + [
+                f"- growth {g['preset']} {g['grid']}x{g['grid']}: {g['error']}"
+                for g in growth
+                if g.get("error")
+            ]
+            + [""]
+        )
     return "\n".join(parts)
 
 
-_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75), (227, 119, 194)]
+_COLORS = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (255, 127, 14),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+]
 
 
 def plot_growth(growth: list[dict], path: str | Path) -> Path:
@@ -502,7 +601,9 @@ def plot_growth(growth: list[dict], path: str | Path) -> Path:
     names = list(dict.fromkeys(g["preset"] for g in growth))
     good = [g for g in growth if not g.get("error")]
     ns = sorted({g["tokens"] for g in good}) or [1]
-    for pi, (key, title) in enumerate([("seq_steps", "sequential steps"), ("ms_per_img", "ms / image (batch 1)")]):
+    for pi, (key, title) in enumerate(
+        [("seq_steps", "sequential steps"), ("ms_per_img", "ms / image (batch 1)")]
+    ):
         x0, y0, x1, y1 = pi * panel_w + 70, 40, pi * panel_w + panel_w - 20, H - 110
         vals = [g[key] for g in good if g.get(key)] or [1.0]
         lo, hi = math.log10(max(min(vals), 1e-6)), math.log10(max(max(vals), 1e-6))
@@ -517,7 +618,7 @@ def plot_growth(growth: list[dict], path: str | Path) -> Path:
         d.rectangle([x0, y0, x1, y1], outline="black")
         d.text((x0, 15), f"{title} vs tokens n (log-log)", fill="black", font=font)
         for e in range(lo, hi + 1):
-            for m in ((1, 2, 5) if hi - lo <= 3 else (1,)):
+            for m in (1, 2, 5) if hi - lo <= 3 else (1,):
                 v = m * 10.0**e
                 if v > 10.0**hi * 1.001:
                     continue
@@ -531,7 +632,9 @@ def plot_growth(growth: list[dict], path: str | Path) -> Path:
             d.text((x - 10, y1 + 6), str(n), fill="black", font=font)
         for i, name in enumerate(names):
             col = _COLORS[i % len(_COLORS)]
-            pts = [(px(g["tokens"]), py(g[key])) for g in good if g["preset"] == name and g.get(key)]
+            pts = [
+                (px(g["tokens"]), py(g[key])) for g in good if g["preset"] == name and g.get(key)
+            ]
             if len(pts) > 1:
                 d.line(pts, fill=col, width=2)
             for x, y in pts:

@@ -3,6 +3,7 @@
 The backbone produces a condition vector z per target token; the head alone knows how a token is
 drawn given z (flow matching here; GMM or DDPM heads plug in behind the same two methods).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -18,7 +19,9 @@ class Head(nn.Module):
     cond_dim: int
     blocks: nn.ModuleList
 
-    def loss(self, target_NC: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1) -> torch.Tensor:
+    def loss(
+        self, target_NC: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1
+    ) -> torch.Tensor:
         """Mean training loss of tokens `target_NC` given conditions `z_NZ` (same leading shape).
 
         `group_size`: the tokens come in runs of that many that belong together (one NestAR patch);

@@ -7,6 +7,7 @@ time + z per token, a learned position embedding for the index inside the patch,
 modulation and output (the head starts at v = 0, as the MLP head). Everything else (path, loss,
 Euler/Heun, guidance, temperature) is the MLP head's: only `velocity` differs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,12 @@ class JointFlowHead(FlowMLPHead):
 
     def __init__(self, token_dim: int, cond_dim: int, config: FlowHeadConfig, max_group: int):
         nn.Module.__init__(self)  # own layers; FlowMLPHead's __init__ would build the MLP
-        self.token_dim, self.cond_dim, self.config, self.max_group = token_dim, cond_dim, config, max_group
+        self.token_dim, self.cond_dim, self.config, self.max_group = (
+            token_dim,
+            cond_dim,
+            config,
+            max_group,
+        )
         w = config.width
         self.input_proj = nn.Linear(token_dim, w)
         self.pos = nn.Parameter(torch.zeros(max_group, w))
@@ -38,11 +44,17 @@ class JointFlowHead(FlowMLPHead):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def velocity(self, x_NC: torch.Tensor, t_N: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1) -> torch.Tensor:
+    def velocity(
+        self, x_NC: torch.Tensor, t_N: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1
+    ) -> torch.Tensor:
         n, S = x_NC.shape[0], group_size
         if S > self.max_group or n % S:
-            raise ValueError(f"{n} tokens in groups of {S} (this head takes groups of at most {self.max_group})")
-        c = self.time_embed(timestep_embedding(t_N, self.config.width).to(x_NC.dtype)) + self.cond_embed(z_NZ)
+            raise ValueError(
+                f"{n} tokens in groups of {S} (this head takes groups of at most {self.max_group})"
+            )
+        c = self.time_embed(
+            timestep_embedding(t_N, self.config.width).to(x_NC.dtype)
+        ) + self.cond_embed(z_NZ)
         c = c.view(n // S, S, -1)
         h = self.input_proj(x_NC).view(n // S, S, -1) + self.pos[:S]
         for blk in self.blocks:
@@ -51,7 +63,9 @@ class JointFlowHead(FlowMLPHead):
         return self.out(self.final_norm(h) * (1 + scale) + shift).reshape(n, self.token_dim)
 
 
-def build_flow_head(token_dim: int, cond_dim: int, config: FlowHeadConfig, max_group: int = 1) -> FlowMLPHead:
+def build_flow_head(
+    token_dim: int, cond_dim: int, config: FlowHeadConfig, max_group: int = 1
+) -> FlowMLPHead:
     """The flow head `config.kind` names; `max_group`: the largest run of tokens a joint head sees."""
     if config.kind == "joint":
         return JointFlowHead(token_dim, cond_dim, config, max_group)

@@ -35,6 +35,7 @@ The default -6 (sigma >= 0.05, about 6 pixel levels of 8-bit data in [-1, 1]) is
 All randomness at sampling (components, noise, candidate choice) is drawn from the passed
 generator, on the generator's device, so the same seed gives the same token on CPU and GPU.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,15 +68,21 @@ class GMMHeadConfig:
 
     def __post_init__(self) -> None:
         if self.temperature_mode not in ("div", "mul"):
-            raise ValueError(f"head.temperature_mode must be 'div' or 'mul', got {self.temperature_mode!r}")
+            raise ValueError(
+                f"head.temperature_mode must be 'div' or 'mul', got {self.temperature_mode!r}"
+            )
         if self.num_gaussians < 1 or self.num_candidates < 1 or self.depth < 1:
             raise ValueError("head.num_gaussians, head.num_candidates and head.depth must be >= 1")
         check_min("model.head.", 1, width=self.width, num_heads=self.num_heads)
         if self.width % self.num_heads:
-            raise ValueError(f"head.width {self.width} is not divisible by head.num_heads {self.num_heads}")
+            raise ValueError(
+                f"head.width {self.width} is not divisible by head.num_heads {self.num_heads}"
+            )
 
 
-def gmm_log_prob(x: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def gmm_log_prob(
+    x: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> torch.Tensor:
     """log p(x) under a 1-D GMM minus log(2 pi)/2; x (..., S) against params (..., K) -> (..., S)."""
     d = x[..., :, None] - mu[..., None, :]
     comp = -0.5 * (d * d * torch.exp(-logvar[..., None, :]) + logvar[..., None, :])
@@ -101,8 +108,10 @@ class GMMARHead(Head):
         self.in_proj = nn.Linear(1, w)
         self.start = nn.Parameter(torch.zeros(w))
         self.pos = nn.Parameter(torch.zeros(token_dim, w))
-        self.blocks = nn.ModuleList(AdaLNBlock(w, config.num_heads, config.mlp_ratio, cond_dim, layout="var")
-                                    for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(w, config.num_heads, config.mlp_ratio, cond_dim, layout="var")
+            for _ in range(config.depth)
+        )
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * w))
         self.out = nn.Linear(w, 3 * K)
@@ -120,7 +129,9 @@ class GMMARHead(Head):
             for blk in self.blocks:
                 blk.proj.weight.div_(math.sqrt(2 * depth))
                 blk.mlp[2].weight.div_(math.sqrt(2 * depth))
-                blk.ada[1].weight[: 2 * w].zero_()  # gates start at 0: each block starts as identity
+                blk.ada[1].weight[
+                    : 2 * w
+                ].zero_()  # gates start at 0: each block starts as identity
                 blk.ada[1].weight[2 * w :].mul_(0.5)
             self.final_ada[1].weight.mul_(0.5)
             self.out.weight.mul_(0.02)  # starts near N(0, 1) components with equal weights
@@ -149,7 +160,9 @@ class GMMARHead(Head):
             shift, scale = self.final_ada(z)[:, None].chunk(2, dim=-1)
             return self.out(self.final_norm(h) * (1 + scale) + shift)
 
-    def gmm_params(self, target_NC: torch.Tensor, z_NZ: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def gmm_params(
+        self, target_NC: torch.Tensor, z_NZ: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Teacher-forced GMM parameters (N, C, K) of every channel given the previous channels."""
         n, C = target_NC.shape
         start = self.cond_proj(z_NZ) + self.start
@@ -164,7 +177,9 @@ class GMMARHead(Head):
         logits, mu, logvar = self.gmm_params(target_NC, z_NZ)
         return gmm_log_prob(target_NC.float()[..., None], logits, mu, logvar)[..., 0].sum(-1)
 
-    def loss(self, target_NC: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1) -> torch.Tensor:
+    def loss(
+        self, target_NC: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1
+    ) -> torch.Tensor:
         x = target_NC.reshape(-1, self.token_dim)  # per token: group_size is ignored
         z = z_NZ.reshape(-1, self.cond_dim)
         return -self.log_prob(x, z).mean()
@@ -173,14 +188,21 @@ class GMMARHead(Head):
     def _std_scale(self, temperature: float) -> float:
         if self.config.temperature_mode == "div":
             if temperature <= 0:
-                raise ValueError(f"temperature must be > 0 with head.temperature_mode='div', got {temperature}")
+                raise ValueError(
+                    f"temperature must be > 0 with head.temperature_mode='div', got {temperature}"
+                )
             return 1.0 / temperature
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         return temperature
 
     @staticmethod
-    def _draw(shape: tuple[int, ...], kind: str, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+    def _draw(
+        shape: tuple[int, ...],
+        kind: str,
+        generator: Optional[torch.Generator],
+        device: torch.device,
+    ) -> torch.Tensor:
         gen_device = generator.device if generator is not None else device
         fn = torch.rand if kind == "rand" else torch.randn
         return fn(shape, generator=generator, device=gen_device).to(device)
@@ -223,7 +245,9 @@ class GMMARHead(Head):
             h = self.in_proj(x_in[:, None, None].to(dtype))
         return x
 
-    def _draw_from_gmm(self, logits, mu, logvar, std_scale: float, num: int, generator) -> torch.Tensor:
+    def _draw_from_gmm(
+        self, logits, mu, logvar, std_scale: float, num: int, generator
+    ) -> torch.Tensor:
         """`num` draws (n, num) from each row's GMM with component std scaled by `std_scale`."""
         n, dev = logits.shape[0], logits.device
         u = self._draw((n, num), "rand", generator, dev)
@@ -233,9 +257,13 @@ class GMMARHead(Head):
         sd_k = torch.exp(0.5 * logvar.gather(1, k)) * std_scale
         return mu_k + eps * sd_k
 
-    def _resample(self, logits, mu, logvar, n: int, std_scale: float, guidance_scale: float, generator) -> torch.Tensor:
+    def _resample(
+        self, logits, mu, logvar, n: int, std_scale: float, guidance_scale: float, generator
+    ) -> torch.Tensor:
         """Importance resampling of one value per row towards p_c^w p_u^(1-w), w = guidance_scale."""
-        cand = self._draw_from_gmm(logits[:n], mu[:n], logvar[:n], std_scale, self.config.num_candidates, generator)
+        cand = self._draw_from_gmm(
+            logits[:n], mu[:n], logvar[:n], std_scale, self.config.num_candidates, generator
+        )
         lp_c = gmm_log_prob(cand, logits[:n], mu[:n], logvar[:n])
         lp_u = gmm_log_prob(cand, logits[n:], mu[n:], logvar[n:])
         w = torch.softmax((guidance_scale - 1.0) * (lp_c - lp_u), dim=-1)  # (n, num_candidates)

@@ -1,4 +1,5 @@
 """Shared network layers, below heads and models: transformer with KV cache, adaLN block, class embedding."""
+
 from nestar.layers.adaln import AdaLNBlock, Modulation
 from nestar.layers.conditioning import ClassEmbedding
 from nestar.layers.transformer import Block, KVCache, Transformer

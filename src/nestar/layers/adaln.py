@@ -6,6 +6,7 @@ runs causally over a token's channels with a KV cache (one condition per sequenc
 their checkpoints: the parameter names are shared and `layout` says in which order the six
 modulation chunks sit in `ada`'s output.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -35,8 +36,14 @@ class Modulation(NamedTuple):
 class AdaLNBlock(nn.Module):
     """Pre-norm block modulated by a condition of width `cond_dim` (default: `width`)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, cond_dim: Optional[int] = None,
-                 layout: str = "dit"):
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        cond_dim: Optional[int] = None,
+        layout: str = "dit",
+    ):
         super().__init__()
         self.heads, self.head_dim, self.layout = heads, width // heads, LAYOUTS[layout]
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -44,7 +51,9 @@ class AdaLNBlock(nn.Module):
         self.proj = nn.Linear(width, width)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
+        )
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or width, 6 * width))
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
@@ -53,8 +62,15 @@ class AdaLNBlock(nn.Module):
         """The six modulation tensors of condition `c` (same leading shape as c)."""
         return Modulation(**dict(zip(self.layout, self.ada(c).chunk(6, dim=-1))))
 
-    def forward(self, x_NLD: torch.Tensor, mod: Modulation, *, causal: bool = False,
-                cache: Optional[KVCache] = None, start: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x_NLD: torch.Tensor,
+        mod: Modulation,
+        *,
+        causal: bool = False,
+        cache: Optional[KVCache] = None,
+        start: int = 0,
+    ) -> torch.Tensor:
         """`mod` broadcasts against x (per token, or (N, 1, D) per sequence). With a cache the new
         positions attend to every cached one (no mask); `causal` masks a whole sequence."""
         n, L, d = x_NLD.shape

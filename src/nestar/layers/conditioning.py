@@ -1,4 +1,5 @@
 """Class conditioning shared by every model: one embedding row per class plus the null class."""
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 The outer model is `masked_ar.MaskedARModel`; the head (`heads/gmm_ar.py`) generates a token's C
 channels one by one, each from a 1-D Gaussian mixture. See docs/design.md, "Baselines".
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,5 +30,12 @@ class ARINAR(MaskedARModel):
         super().__init__(config, lambda: GMMARHead(config.token_dim, config.dim, config.head))
 
 
-register_model(ModelSpec("arinar", ARINARConfig, ARINAR, "ARINAR: masked AR with an inner AR GMM head over channels",
-                         presets={"tiny": "arinar-tiny", "s": "arinar-s", "fmnist": "arinar-fmnist"}))
+register_model(
+    ModelSpec(
+        "arinar",
+        ARINARConfig,
+        ARINAR,
+        "ARINAR: masked AR with an inner AR GMM head over channels",
+        presets={"tiny": "arinar-tiny", "s": "arinar-s", "fmnist": "arinar-fmnist"},
+    )
+)

@@ -5,6 +5,7 @@ A model implements `loss(batch)` and `_sample(run, **options)`, its order-specif
 guidance_scale != 1) and hands a `GuidedBatch` to the loop, which draws every token through
 `run.draw` (the one guided head call) and writes it into both halves with `run.write`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -52,10 +53,14 @@ class TokenModelConfig:
         check_min("model.", 1, dim=self.dim, head_dim=self.head_dim)
         for w in self.widths():
             if w % self.head_dim:
-                raise ValueError(f"model width {w} is not divisible by model.head_dim {self.head_dim}")
+                raise ValueError(
+                    f"model width {w} is not divisible by model.head_dim {self.head_dim}"
+                )
         if not 0 <= self.label_dropout < 1 or self.mlp_ratio <= 0:
-            raise ValueError(f"model.label_dropout must be in [0, 1) and model.mlp_ratio > 0, got "
-                             f"{self.label_dropout} and {self.mlp_ratio}")
+            raise ValueError(
+                f"model.label_dropout must be in [0, 1) and model.mlp_ratio > 0, got "
+                f"{self.label_dropout} and {self.mlp_ratio}"
+            )
 
     def widths(self) -> tuple[int, ...]:
         """Every transformer width of the model (each must split into heads of `head_dim`)."""
@@ -110,8 +115,15 @@ class GuidedBatch:
         """The guidance weight after the step that brings generation to `progress` in (0, 1]."""
         return cfg_scale(self.guidance_scale, self.cfg_schedule, progress)
 
-    def draw(self, head: Head, z: torch.Tensor, progress: float, *, rows: Optional[torch.Tensor] = None,
-             group_size: int = 1) -> torch.Tensor:
+    def draw(
+        self,
+        head: Head,
+        z: torch.Tensor,
+        progress: float,
+        *,
+        rows: Optional[torch.Tensor] = None,
+        group_size: int = 1,
+    ) -> torch.Tensor:
         """The guided head call: tokens (B, n, C) from conditions z (2B or B, n, Z) of the guided batch.
 
         `rows` (B, n) bool picks the conditions to draw from (the same count in every row), else
@@ -124,8 +136,15 @@ class GuidedBatch:
         else:
             z_c = z_c.reshape(-1, z.shape[-1])
             z_u = z_u.reshape(-1, z.shape[-1]) if z_u is not None else None
-        x = head.sample(z_c, z_uncond_NZ=z_u, guidance_scale=self.weight(progress), num_steps=self.num_steps,
-                        temperature=self.temperature, generator=self.generator, group_size=group_size)
+        x = head.sample(
+            z_c,
+            z_uncond_NZ=z_u,
+            guidance_scale=self.weight(progress),
+            num_steps=self.num_steps,
+            temperature=self.temperature,
+            generator=self.generator,
+            group_size=group_size,
+        )
         return x.to(self.dtype).view(B, -1, x.shape[-1])
 
     def write(self, buf: torch.Tensor, index: Any, x_new: torch.Tensor) -> None:
@@ -172,9 +191,20 @@ class GenerativeModel(nn.Module):
         """
         labels = self.check_labels(labels)
         guided = guidance_scale != 1.0
-        batch_labels = torch.cat([labels, torch.full_like(labels, self.num_classes)]) if guided else labels
-        run = GuidedBatch(labels, batch_labels, guidance_scale, cfg_schedule, temperature, num_steps, generator,
-                          self.device, next(self.parameters()).dtype)
+        batch_labels = (
+            torch.cat([labels, torch.full_like(labels, self.num_classes)]) if guided else labels
+        )
+        run = GuidedBatch(
+            labels,
+            batch_labels,
+            guidance_scale,
+            cfg_schedule,
+            temperature,
+            num_steps,
+            generator,
+            self.device,
+            next(self.parameters()).dtype,
+        )
         return self._sample(run, **options)
 
     def _sample(self, run: GuidedBatch, **options: Any) -> SampleOutput:
@@ -213,8 +243,10 @@ class GenerativeModel(nn.Module):
         """`labels` as a 1-D int64 tensor on the model's device; ValueError if any is out of range."""
         labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         if labels.ndim != 1 or (labels < 0).any() or (labels >= self.num_classes).any():
-            raise ValueError(f"labels must be a 1-D tensor of ints in [0, {self.num_classes}), "
-                             f"got {labels.tolist()}")
+            raise ValueError(
+                f"labels must be a 1-D tensor of ints in [0, {self.num_classes}), "
+                f"got {labels.tolist()}"
+            )
         return labels
 
     @property

@@ -19,6 +19,7 @@ one bidirectional stack; `mar-s` keeps MAR's 64 buffer tokens (its setting for 2
 splits the depth of nestar-s evenly (12 + 12 blocks of width 256). MAR's attention/projection
 dropout (0.1) is not used: no model in this project has dropout.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,5 +43,12 @@ class MAR(MaskedARModel):
         super().__init__(config, lambda: FlowMLPHead(config.token_dim, config.dim, config.head))
 
 
-register_model(ModelSpec("mar", MARConfig, MAR, "MAR: masked AR (encoder/decoder) with the flow head",
-                         presets={"tiny": "mar-tiny", "s": "mar-s", "fmnist": "mar-fmnist"}))
+register_model(
+    ModelSpec(
+        "mar",
+        MARConfig,
+        MAR,
+        "MAR: masked AR (encoder/decoder) with the flow head",
+        presets={"tiny": "mar-tiny", "s": "mar-s", "fmnist": "mar-fmnist"},
+    )
+)

@@ -17,6 +17,7 @@ Outer model (MAR's encoder-decoder, bidirectional, so no KV cache is possible):
 `MaskedARModel(config, make_head)` takes any `Head`: MAR = a flow head (models/mar.py), ARINAR = the
 inner-AR GMM head (models/arinar.py). See docs/design.md, "Baselines".
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,13 @@ from nestar.models.base import GenerativeModel, GuidedBatch, SampleOutput, Token
 
 
 # ----- shared masked-AR machinery -----------------------------------------------------------------
-def truncnorm_mask_ratio(low: float = 0.7, high: float = 1.0, mean: float = 1.0, std: float = 0.25, generator: Optional[torch.Generator] = None) -> float:
+def truncnorm_mask_ratio(
+    low: float = 0.7,
+    high: float = 1.0,
+    mean: float = 1.0,
+    std: float = 0.25,
+    generator: Optional[torch.Generator] = None,
+) -> float:
     """One draw from N(mean, std^2) truncated to [low, high] (inverse-CDF method)."""
     a, b = (low - mean) / std, (high - mean) / std
     cdf = lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2)))  # noqa: E731
@@ -43,7 +50,9 @@ def truncnorm_mask_ratio(low: float = 0.7, high: float = 1.0, mean: float = 1.0,
     return min(max(val, low), high)
 
 
-def random_orders(batch: int, n: int, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+def random_orders(
+    batch: int, n: int, generator: Optional[torch.Generator], device: torch.device
+) -> torch.Tensor:
     """(batch, n) independent random permutations of range(n), drawn from `generator`."""
     gen_device = generator.device if generator is not None else device
     return torch.rand(batch, n, generator=generator, device=gen_device).argsort(dim=1).to(device)
@@ -77,8 +86,18 @@ def mask_schedule(n: int, num_iter: int) -> list[int]:
 class MaskedARBackbone(nn.Module):
     """MAR's bidirectional encoder-decoder: (tokens, mask, labels) -> per-position conditions z."""
 
-    def __init__(self, grid_size: int, token_dim: int, num_classes: int, dim: int, enc_depth: int, dec_depth: int,
-                 heads: int, mlp_ratio: float = 4.0, buffer_size: int = 8):
+    def __init__(
+        self,
+        grid_size: int,
+        token_dim: int,
+        num_classes: int,
+        dim: int,
+        enc_depth: int,
+        dec_depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        buffer_size: int = 8,
+    ):
         super().__init__()
         n = grid_size * grid_size
         self.num_tokens, self.buffer_size, self.dim = n, buffer_size, dim
@@ -98,7 +117,9 @@ class MaskedARBackbone(nn.Module):
             nn.init.trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
 
-    def forward(self, tokens_BNC: torch.Tensor, mask_BN: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens_BNC: torch.Tensor, mask_BN: torch.Tensor, labels_B: torch.Tensor
+    ) -> torch.Tensor:
         """z (B, N, dim) at every position; `mask_BN` True = unknown (same count in every row)."""
         B, n, _ = tokens_BNC.shape
         buf = self.buffer_size
@@ -108,7 +129,9 @@ class MaskedARBackbone(nn.Module):
         keep = torch.cat([torch.ones(B, buf, dtype=torch.bool, device=x.device), ~mask_BN], dim=1)
         num_keep = int(keep[0].sum())
         if int(keep.sum()) != B * num_keep:
-            raise ValueError("every image of a batch must hide the same number of tokens (MAR's encoder drops them)")
+            raise ValueError(
+                "every image of a batch must hide the same number of tokens (MAR's encoder drops them)"
+            )
         h = self.encoder(x[keep].view(B, num_keep, self.dim), None)
         h = self.dec_in(h)
         full = self.mask_token.to(h.dtype).expand(B, buf + n, self.dim).clone()
@@ -127,9 +150,17 @@ class MaskedARModel(GenerativeModel):
     def __init__(self, config: MaskedARConfig, make_head: Callable[[], Head]):
         super().__init__()
         self.config, self.num_classes = config, config.num_classes
-        self.backbone = MaskedARBackbone(config.grid_size, config.token_dim, config.num_classes, config.dim,
-                                         config.enc_depth, config.dec_depth, config.dim // config.head_dim,
-                                         config.mlp_ratio, config.buffer_size)
+        self.backbone = MaskedARBackbone(
+            config.grid_size,
+            config.token_dim,
+            config.num_classes,
+            config.dim,
+            config.enc_depth,
+            config.dec_depth,
+            config.dim // config.head_dim,
+            config.mlp_ratio,
+            config.buffer_size,
+        )
         self.head = make_head()
 
     def transformers(self) -> list[Transformer]:
@@ -154,7 +185,9 @@ class MaskedARModel(GenerativeModel):
         loss = self.head.loss(tokens_BNC[mask], z[mask])
         return {"loss": loss, "mask_ratio": torch.tensor(num_masked / n)}
 
-    def _sample(self, run: GuidedBatch, *, num_iter: Optional[int] = None, num_previews: int = 4) -> SampleOutput:
+    def _sample(
+        self, run: GuidedBatch, *, num_iter: Optional[int] = None, num_previews: int = 4
+    ) -> SampleOutput:
         """Unmask tokens on the cosine schedule in a random order per image. `num_iter` overrides the
         number of outer steps; `num_previews` snapshots (known tokens, zeros elsewhere)."""
         B, n, C = run.batch, self.backbone.num_tokens, self.config.token_dim

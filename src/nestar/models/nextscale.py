@@ -32,6 +32,7 @@ progress k / (S - 1) (the first scale unguided) with `cfg_progress='scale'`; `cf
 uses the share of pyramid tokens known after the step instead. FlowAR's guidance interval on the
 flow time (guidance only for t <= 0.9) is a head feature and is not used: the head is shared.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -70,13 +71,22 @@ class NextScaleConfig(TokenModelConfig):
     def __post_init__(self) -> None:
         g = self.grid_size
         if g < 1 or g & (g - 1):
-            raise ValueError(f"model.grid_size must be a power of two for scales 1, 2, 4, ..., got {g}")
+            raise ValueError(
+                f"model.grid_size must be a power of two for scales 1, 2, 4, ..., got {g}"
+            )
         super().__post_init__()
-        check_min("model.", 1, depth=self.depth, z_dim=self.z_dim, num_cond_tokens=self.num_cond_tokens)
-        for name, allowed in (("upsample", UPSAMPLE_MODES), ("scale_loss_weighting", ("tokens", "uniform")),
-                              ("cfg_progress", ("scale", "tokens"))):
+        check_min(
+            "model.", 1, depth=self.depth, z_dim=self.z_dim, num_cond_tokens=self.num_cond_tokens
+        )
+        for name, allowed in (
+            ("upsample", UPSAMPLE_MODES),
+            ("scale_loss_weighting", ("tokens", "uniform")),
+            ("cfg_progress", ("scale", "tokens")),
+        ):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
 
 
 def _to_grid(x_BnC: torch.Tensor, side: int) -> torch.Tensor:
@@ -117,10 +127,14 @@ class NextScaleAR(GenerativeModel):
         self.z_level = nn.Parameter(torch.zeros(self.num_scales, cfg.z_dim))
         nn.init.trunc_normal_(self.z_level, std=0.02)
         self.head = FlowMLPHead(cfg.token_dim, cfg.z_dim, cfg.head)
-        level = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in enumerate(self.counts)])
+        level = torch.cat(
+            [torch.full((n,), k, dtype=torch.long) for k, n in enumerate(self.counts)]
+        )
         self.register_buffer("level", level, persistent=False)  # scale index of every pyramid slot
         group = torch.cat([torch.zeros(cfg.num_cond_tokens, dtype=torch.long), level + 1])
-        self.register_buffer("mask", group[None, :] <= group[:, None], persistent=False)  # True = may attend
+        self.register_buffer(
+            "mask", group[None, :] <= group[:, None], persistent=False
+        )  # True = may attend
 
     def sequential_steps(self) -> int:
         return self.num_scales
@@ -132,15 +146,23 @@ class NextScaleAR(GenerativeModel):
     def pyramid(self, tokens_BNC: torch.Tensor) -> list[torch.Tensor]:
         """Area-downsampled targets of every scale, each (B, side^2, C) in raster order."""
         grid = _to_grid(tokens_BNC, self.config.grid_size)
-        return [_from_grid(F.interpolate(grid, size=(s, s), mode="area")) if s < self.config.grid_size else tokens_BNC
-                for s in self.sides]
+        return [
+            _from_grid(F.interpolate(grid, size=(s, s), mode="area"))
+            if s < self.config.grid_size
+            else tokens_BNC
+            for s in self.sides
+        ]
 
     def upsample(self, x_BnC: torch.Tensor, k: int) -> torch.Tensor:
         """Scale k-1's tokens resized to scale k (the input of scale k), (B, side_k^2, C)."""
         g = _to_grid(x_BnC, self.sides[k - 1])
         s, G, mode = self.sides[k], self.config.grid_size, self.config.upsample
         if mode == "flowar":
-            g = F.interpolate(F.interpolate(g, size=(G, G), mode="bicubic", align_corners=False), size=(s, s), mode="area")
+            g = F.interpolate(
+                F.interpolate(g, size=(G, G), mode="bicubic", align_corners=False),
+                size=(s, s),
+                mode="area",
+            )
         elif mode == "nearest":
             g = F.interpolate(g, size=(s, s), mode="nearest")
         else:
@@ -167,7 +189,9 @@ class NextScaleAR(GenerativeModel):
         """Teacher-forced conditions z (B, T, z_dim) of every pyramid slot; scale k's depend on scales < k only."""
         B, c = labels_B.shape[0], self.config.num_cond_tokens
         parts = [self._embed_cond(labels_B)]
-        parts += [self._embed_scale(k, pyramid[k - 1] if k else None, B) for k in range(self.num_scales)]
+        parts += [
+            self._embed_scale(k, pyramid[k - 1] if k else None, B) for k in range(self.num_scales)
+        ]
         out = self.transformer(torch.cat(parts, dim=1), self.mask)[:, c:]
         return self.z_out(out) + self.z_level[self.level]
 
@@ -180,7 +204,11 @@ class NextScaleAR(GenerativeModel):
         for k, (o, n) in enumerate(zip(self.offsets, self.counts)):
             loss_k = self.head.loss(pyr[k], z[:, o : o + n])
             out[f"loss_s{k}"] = loss_k.detach()
-            wk = n / self.num_slots if self.config.scale_loss_weighting == "tokens" else 1.0 / self.num_scales
+            wk = (
+                n / self.num_slots
+                if self.config.scale_loss_weighting == "tokens"
+                else 1.0 / self.num_scales
+            )
             total = total + wk * loss_k
         out["loss"] = total
         return out
@@ -197,9 +225,15 @@ class NextScaleAR(GenerativeModel):
         Intermediates: each scale's grid, nearest-upsampled to the full grid (the last is the sample).
         """
         G, c, B2 = self.config.grid_size, self.config.num_cond_tokens, run.batch_labels.shape[0]
-        caches = self.transformer.new_caches(B2, c + self.num_slots, run.dtype, run.device) if use_cache else None
+        caches = (
+            self.transformer.new_caches(B2, c + self.num_slots, run.dtype, run.device)
+            if use_cache
+            else None
+        )
         cond = self._embed_cond(run.batch_labels)
-        scales: list[torch.Tensor] = []  # generated scales, (B2, side^2, C), shared by both branches
+        scales: list[
+            torch.Tensor
+        ] = []  # generated scales, (B2, side^2, C), shared by both branches
         inputs: list[torch.Tensor] = []  # input embeddings of every scale so far (no-cache path)
         intermediates = []
         for k in range(self.num_scales):
@@ -210,7 +244,9 @@ class NextScaleAR(GenerativeModel):
                 start = 0 if k == 0 else c + self.offsets[k]
                 end = start + h.shape[1]
                 # scale k > 0 may see every cached key and itself: no mask (SDPA picks its fastest kernel)
-                out = self.transformer(h, self.mask[start:end, :end] if k == 0 else None, caches, start)
+                out = self.transformer(
+                    h, self.mask[start:end, :end] if k == 0 else None, caches, start
+                )
             else:
                 inputs.append(h_k)
                 h = torch.cat([cond, *inputs], dim=1)
@@ -220,9 +256,19 @@ class NextScaleAR(GenerativeModel):
             scales.append(run.double(x_new))
             preview = F.interpolate(_to_grid(x_new, self.sides[k]), size=(G, G), mode="nearest")
             intermediates.append(_from_grid(preview))
-        return SampleOutput(tokens=scales[-1][:run.batch].clone(), intermediates=intermediates,
-                            sequential_steps=self.num_scales)
+        return SampleOutput(
+            tokens=scales[-1][: run.batch].clone(),
+            intermediates=intermediates,
+            sequential_steps=self.num_scales,
+        )
 
 
-register_model(ModelSpec("nextscale", NextScaleConfig, NextScaleAR, "next-scale (FlowAR-style): one scale per step",
-                         presets={"tiny": "nextscale-tiny", "s": "nextscale-s", "fmnist": "nextscale-fmnist"}))
+register_model(
+    ModelSpec(
+        "nextscale",
+        NextScaleConfig,
+        NextScaleAR,
+        "next-scale (FlowAR-style): one scale per step",
+        presets={"tiny": "nextscale-tiny", "s": "nextscale-s", "fmnist": "nextscale-fmnist"},
+    )
+)

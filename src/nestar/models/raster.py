@@ -16,6 +16,7 @@ x_{i-1}; `use_cache=False` recomputes the whole prefix every step (reference pat
 the head are exactly NestAR's: doubled batch [cond; null] sharing the sampled tokens, guidance
 inside `head.sample`, guidance_scale == 1 runs no unconditional branch (models/base.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,7 +47,9 @@ class RasterARConfig(TokenModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_min("model.", 1, depth=self.depth, z_dim=self.z_dim, num_cond_tokens=self.num_cond_tokens)
+        check_min(
+            "model.", 1, depth=self.depth, z_dim=self.z_dim, num_cond_tokens=self.num_cond_tokens
+        )
 
 
 class RasterAR(GenerativeModel):
@@ -95,7 +98,9 @@ class RasterAR(GenerativeModel):
     def conditions(self, tokens_BNC: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
         """Teacher-forced conditions z (B, N, z_dim); z[:, i] depends on the label and tokens < i only."""
         c = self.config.num_cond_tokens
-        h = torch.cat([self._embed_cond(labels_B), self._embed_tokens(tokens_BNC[:, :-1], 0)], dim=1)
+        h = torch.cat(
+            [self._embed_cond(labels_B), self._embed_tokens(tokens_BNC[:, :-1], 0)], dim=1
+        )
         out = self.transformer(h, self._causal(h.shape[1], h.device))
         return self.z_out(out[:, c - 1 :])
 
@@ -141,5 +146,12 @@ class RasterAR(GenerativeModel):
         return SampleOutput(tokens=x[:B].clone(), intermediates=intermediates, sequential_steps=N)
 
 
-register_model(ModelSpec("raster", RasterARConfig, RasterAR, "raster AR: one token per step, causal transformer, KV cache",
-                         presets={"tiny": "raster-tiny", "s": "raster-s", "fmnist": "raster-fmnist"}))
+register_model(
+    ModelSpec(
+        "raster",
+        RasterARConfig,
+        RasterAR,
+        "raster AR: one token per step, causal transformer, KV cache",
+        presets={"tiny": "raster-tiny", "s": "raster-s", "fmnist": "raster-fmnist"},
+    )
+)

@@ -6,6 +6,7 @@ naming the families again. To add a family: a module with a `TokenModelConfig` s
 `GenerativeModel` subclass, a `register_model(ModelSpec(...))` line at its end, its import in
 `nestar/models/__init__.py` and its presets in `nestar/registry.py` (docs/design.md, "Code layout").
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     if spec.name in MODEL_SPECS:
         raise ValueError(f"model family {spec.name!r} is already registered")
     if "tiny" not in spec.presets:
-        raise ValueError(f"model family {spec.name!r} needs a 'tiny' preset (the contract tests build it)")
+        raise ValueError(
+            f"model family {spec.name!r} needs a 'tiny' preset (the contract tests build it)"
+        )
     MODEL_SPECS[spec.name] = spec
     return spec

@@ -8,6 +8,7 @@ it: obtain the file manually and point `--tokenizer.path` at it (default locatio
 Pickles are only ever opened with `torch.load(..., weights_only=True)`, which restores tensors and
 plain containers and refuses arbitrary objects. `.safetensors` files are read directly.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,11 @@ from pathlib import Path
 from typing import Optional
 
 from nestar.tokenizers.vae_weights import (  # noqa: F401  (re-exported: the KL-16 loading API)
-    OBTAIN_HINT, LoadReport, TokenizerCheckpointError, load_weights, read_state_dict,
+    OBTAIN_HINT,
+    LoadReport,
+    TokenizerCheckpointError,
+    load_weights,
+    read_state_dict,
 )
 
 DEFAULT_KL16_PATH = "pretrained_models/vae/kl16.ckpt"

@@ -1,5 +1,6 @@
 """Reading autoencoder weights from local files: safetensors, or torch pickles opened with
 weights_only=True (tensors and plain containers only), with a report of what did not fit."""
+
 from __future__ import annotations
 
 import warnings
@@ -67,7 +68,7 @@ def remap_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], li
     out, ignored = {}, []
     for k, v in sd.items():
         if k.startswith("module."):
-            k = k[len("module."):]
+            k = k[len("module.") :]
         if k.startswith(IGNORED_PREFIXES):
             ignored.append(k)
             continue
@@ -98,16 +99,20 @@ def _list(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
-def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], path: str = "<state dict>",
-                 strict: bool = False) -> LoadReport:
+def load_weights(
+    model: nn.Module, sd: dict[str, torch.Tensor], path: str = "<state dict>", strict: bool = False
+) -> LoadReport:
     """Copy `sd` into `model` after remapping. Any shape mismatch or missing key raises (naming
     them); unexpected keys raise when `strict`, else are reported with a warning."""
     sd, ignored = remap_keys(sd)
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
-    bad = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-           for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+    bad = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(sd) & set(own))
+        if sd[k].shape != own[k].shape
+    ]
     if bad:
         raise TokenizerCheckpointError(
             f"{path}: {len(bad)} tensor(s) have the wrong shape for this architecture: {_list(bad, 5)}. "
@@ -119,11 +124,16 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], path: str = "<st
             + (f"; it has unexpected keys: {_list(unexpected)}" if unexpected else "")
         )
     if unexpected and strict:
-        raise TokenizerCheckpointError(f"{path}: unexpected keys in the checkpoint: {_list(unexpected)}")
+        raise TokenizerCheckpointError(
+            f"{path}: unexpected keys in the checkpoint: {_list(unexpected)}"
+        )
     with torch.no_grad():
         for k, t in own.items():
             t.copy_(sd[k].to(dtype=t.dtype))
     report = LoadReport(str(path), len(own), missing, unexpected, ignored)
     if unexpected:
-        warnings.warn(f"{path}: {len(unexpected)} unexpected key(s) not used: {_list(unexpected)}", stacklevel=2)
+        warnings.warn(
+            f"{path}: {len(unexpected)} unexpected key(s) not used: {_list(unexpected)}",
+            stacklevel=2,
+        )
     return report

@@ -3,6 +3,7 @@
 The EMA is an ordinary nn.Module (same class as the model), so it is saved, exported and sampled
 from exactly like the model itself.
 """
+
 from __future__ import annotations
 
 import copy
