@@ -1,6 +1,6 @@
 """What may change when a run is resumed, and the record of what did (docs/design.md, "Resume").
 
-`check_config` (training/checkpoint.py) refuses any change to the network-defining sections
+`check_config` (nestar/serialization.py) refuses any change to the network-defining sections
 (model_type, model, tokenizer, data). This module covers the rest of the run config:
 
 - exempt fields change freely and are not recorded: they do not touch the weights (logging,
