@@ -13,9 +13,10 @@ import argparse
 import torch
 
 from nestar.data import build_dataset, to_float
-from nestar.models.arinar import ARINAR, mask_from_orders, random_orders
+from nestar.models.arinar import ARINAR
+from nestar.models.masked_ar import mask_from_orders, random_orders
 from nestar.tokenizers import build_tokenizer
-from nestar.training.checkpoint import load_model_from_checkpoint
+from nestar.serialization import load_model_from_checkpoint
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace a model of that name")
     args = p.parse_args(argv)
 
-    from nestar.training.checkpoint import CheckpointError
+    from nestar.serialization import CheckpointError
     from nestar.training.export import export_pretrained
 
     try:

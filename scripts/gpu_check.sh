@@ -215,7 +215,7 @@ import json, sys, time
 import torch
 from nestar.pipeline import Pipeline
 from nestar.registry import build_model, get_preset
-from nestar.training.checkpoint import save_pretrained
+from nestar.serialization import save_pretrained
 
 out, model_dir, device, batches, repeats = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 res = {"device": device, "source": model_dir}

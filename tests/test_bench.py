@@ -56,14 +56,13 @@ def test_bench_speed_quick_writes_table_csv_png(tmp_path, capsys):
     assert "nestar-tiny" in capsys.readouterr().out
 
 
-def test_default_presets_skip_unregistered_families_with_a_note():
+def test_default_presets_are_each_familys_matched_preset():
+    from nestar.models import MODEL_SPECS
     from nestar.registry import PRESETS
 
-    names, notes = default_presets(quick=False)
-    assert "nestar-s" in names and "arinar-s" in names
-    assert all(n in PRESETS for n in names)
-    assert all("not registered" in n for n in notes)
-    assert len(names) + len(notes) == 5
+    assert default_presets(quick=False) == [f"{name}-s" for name in MODEL_SPECS]
+    assert default_presets(quick=True) == [f"{name}-tiny" for name in MODEL_SPECS]
+    assert all(n in PRESETS for n in default_presets(False) + default_presets(True))
 
 
 def test_head_counter_counts_and_restores():
@@ -71,7 +70,7 @@ def test_head_counter_counts_and_restores():
 
     model = build_model(get_preset("arinar-tiny")).eval()
     with _HeadCounter(model) as hc:
-        model.sample(torch.tensor([1]), cfg=2.0, generator=torch.Generator().manual_seed(0))
+        model.sample(torch.tensor([1]), guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert hc.calls == 8 and hc.seq_nfe == 8 * 16 and hc.token_nfe == 64 * 16 * 2
     assert "sample" not in model.head.__dict__
 

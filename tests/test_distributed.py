@@ -29,7 +29,8 @@ from nestar.config import apply_overrides
 from nestar.data import DatasetMissingError, build_dataset
 from nestar.pipeline import Pipeline
 from nestar.registry import build_model, get_preset
-from nestar.training import CheckpointError, Trainer, read_checkpoint_info, save_pretrained
+from nestar.serialization import CheckpointError, read_checkpoint_info, save_pretrained
+from nestar.training import Trainer
 from nestar.training import distributed as D
 from nestar.training.data_order import StepBatchSampler
 from nestar.training.trainer import _MicroBatchSampler
@@ -226,7 +227,7 @@ from nestar.training.distributed import distributed_sample, init_distributed, sh
 env = init_distributed("cpu")
 pipe = Pipeline.from_pretrained(sys.argv[1])
 labels = torch.tensor(json.loads(sys.argv[2]))
-out = distributed_sample(pipe, labels, seed=5, chunk_size=4, num_steps=3, cfg=2.0)
+out = distributed_sample(pipe, labels, seed=5, chunk_size=4, num_steps=3, guidance_scale=2.0)
 if env.rank == 0:
     save_file({"images": out.contiguous()}, sys.argv[3])
 else:
@@ -249,8 +250,8 @@ def test_distributed_sample_matches_single_process(tmp_path):
     torch.set_num_threads(1)  # the workers ran with OMP_NUM_THREADS=1
     try:
         pipe = Pipeline.from_pretrained(tmp_path / "model")
-        ref = D.distributed_sample(pipe, labels, seed=5, chunk_size=4, num_steps=3, cfg=2.0)  # no process group
-        by_chunk = torch.cat([pipe(torch.tensor(labels[i:i + 4]), num_steps=3, cfg=2.0, batch_size=4,
+        ref = D.distributed_sample(pipe, labels, seed=5, chunk_size=4, num_steps=3, guidance_scale=2.0)  # no process group
+        by_chunk = torch.cat([pipe(torch.tensor(labels[i:i + 4]), num_steps=3, guidance_scale=2.0, batch_size=4,
                                    generator=torch.Generator().manual_seed(D.chunk_seed(5, i // 4))).images
                               for i in range(0, len(labels), 4)])
     finally:
@@ -258,7 +259,7 @@ def test_distributed_sample_matches_single_process(tmp_path):
     assert gathered.shape == (13, 1, 32, 32)
     torch.testing.assert_close(gathered, ref, atol=1e-6, rtol=0)
     torch.testing.assert_close(ref, by_chunk, atol=0, rtol=0)
-    u8 = D.distributed_sample(pipe, labels[:3], seed=5, chunk_size=4, num_steps=3, cfg=2.0, as_uint8=True)
+    u8 = D.distributed_sample(pipe, labels[:3], seed=5, chunk_size=4, num_steps=3, guidance_scale=2.0, as_uint8=True)
     assert u8.dtype == torch.uint8 and u8.shape == (3, 1, 32, 32)
 
 

@@ -8,7 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from nestar.bench.flops import count_flops, register_attention_flops
-from nestar.models.layers import Attention
+from nestar.layers.transformer import Attention
 
 B, H, L, D = 3, 2, 5, 8  # batch, heads, queries, head dim
 W = H * D  # width

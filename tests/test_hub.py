@@ -13,7 +13,7 @@ from nestar.model_card import collect_metrics
 from nestar.pipeline import Pipeline
 from nestar.registry import build_model, get_preset, resolve
 from nestar.tokenizers import build_tokenizer
-from nestar.training.checkpoint import CheckpointError
+from nestar.serialization import CheckpointError
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

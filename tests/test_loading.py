@@ -15,17 +15,18 @@ from torch import nn
 from nestar.config import apply_overrides
 from nestar.models.base import GenerativeModel
 from nestar.pipeline import Pipeline
-from nestar.registry import MODELS, PRESETS, build_model, get_preset
+from nestar.models import MODEL_SPECS, ModelSpec
+from nestar.registry import build_model, get_preset
 from nestar.tokenizers import build_tokenizer
 from nestar.training.lr import make_optimizer
-from nestar.training.checkpoint import (
+from nestar.serialization import (
     CheckpointError, build_model_from_tensors, load_model_from_checkpoint, load_pretrained, meta_tensors,
     parameters_on_meta, save_checkpoint, save_pretrained,
 )
 
 LABELS = torch.tensor([0, 3, 7])
 # Every registered family through its tiny preset, plus NestAR variants that build other modules.
-CASES = {f"{kind}-tiny": [] for kind in MODELS}
+CASES = {spec.presets["tiny"]: [] for spec in MODEL_SPECS.values()}
 CASES["nestar-tiny/joint-head"] = ["model.head.kind='joint'"]
 CASES["nestar-tiny/shared-trunk"] = ["model.shared_trunk=True"]
 
@@ -54,7 +55,7 @@ def randomised(model: nn.Module, seed: int) -> nn.Module:
 
 
 def sample(model: GenerativeModel, seed: int = 11) -> torch.Tensor:
-    return model.eval().sample(LABELS, cfg=2.0, num_steps=3, generator=torch.Generator().manual_seed(seed)).tokens
+    return model.eval().sample(LABELS, guidance_scale=2.0, num_steps=3, generator=torch.Generator().manual_seed(seed)).tokens
 
 
 def assert_fully_loaded(loaded: nn.Module, reference: nn.Module) -> None:
@@ -66,11 +67,6 @@ def assert_fully_loaded(loaded: nn.Module, reference: nn.Module) -> None:
     for name, buf in loaded.named_buffers():  # non-persistent state (orders, masks) is rebuilt for real
         assert buf.device == ref_buf[name].device and torch.equal(buf, ref_buf[name]), name
     assert all(p.requires_grad for p in loaded.parameters())
-
-
-def test_every_family_has_a_tiny_preset():
-    missing = [kind for kind in MODELS if f"{kind}-tiny" not in PRESETS]
-    assert not missing, f"register a '<family>-tiny' preset for {missing}: this file tests every family through it"
 
 
 @pytest.mark.filterwarnings("error")  # a fallback to the slow build would warn
@@ -188,7 +184,7 @@ class Tied(GenerativeModel):
 @pytest.mark.parametrize("cls, reason", [(DerivedBuffer, "stay on the meta device: \\['scaled'\\]"),
                                          (Tied, "shares parameters")])
 def test_unfit_models_fall_back_to_the_slow_build(monkeypatch, cls, reason):
-    monkeypatch.setitem(MODELS, "toy", (ToyConfig, cls))
+    monkeypatch.setitem(MODEL_SPECS, "toy", ModelSpec("toy", ToyConfig, cls, "toy", {"tiny": "toy"}))
     cfg = SimpleNamespace(model_type="toy", model=ToyConfig())
     src = cls(ToyConfig())
     tensors = {f"model.{k}": v.clone() for k, v in src.state_dict().items()}

@@ -15,7 +15,8 @@ from nestar.cli.main import main
 from nestar.config import apply_overrides
 from nestar.pipeline import Pipeline
 from nestar.registry import config_to_dict, get_preset
-from nestar.training import CheckpointError, Trainer, save_pretrained
+from nestar.serialization import CheckpointError, save_pretrained
+from nestar.training import Trainer
 from nestar.training.export import export_pretrained
 
 SHIPPED = "nestar-fmnist"

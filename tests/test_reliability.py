@@ -131,7 +131,7 @@ def test_nonfinite_values_are_refused_at_save_and_at_load(tmp_path, capsys, trai
 # ----- crash safety -----------------------------------------------------------------------------
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    import nestar.training.checkpoint as C
+    import nestar.serialization as C
     real, calls = C.save_file, [0]
     def dying_save(tensors, path, metadata=None):
         calls[0] += 1

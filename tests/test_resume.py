@@ -10,7 +10,8 @@ import pytest
 
 from nestar.cli.main import main
 from nestar.config import apply_overrides
-from nestar.training import CheckpointError, Trainer, read_checkpoint_config
+from nestar.serialization import CheckpointError, read_checkpoint_config
+from nestar.training import Trainer
 from nestar.training.resume import config_changes, last_logged_loss
 
 

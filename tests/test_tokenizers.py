@@ -16,7 +16,7 @@ from nestar.tokenizers.kl16 import KL16_SCALE, TokenizerCheckpointError, load_kl
 from nestar.tokenizers.kl_vae import (
     KLAutoencoder, KLAutoencoderConfig, KLTokenizer, kl16_config, load_kl_dir, save_kl_dir, small_vae_config,
 )
-from nestar.tokenizers.train_vae import TokenizerTrainConfig, VAEArchConfig, VAETrainConfig, train_vae
+from nestar.training.train_vae import TokenizerTrainConfig, VAEArchConfig, VAETrainConfig, train_vae
 
 
 # ----- KL-16 architecture -------------------------------------------------------------------

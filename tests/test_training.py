@@ -14,10 +14,10 @@ from nestar.config import apply_overrides
 from nestar.data import TensorImageDataset
 from nestar.pipeline import Pipeline
 from nestar.registry import build_model
-from nestar.training import (
-    CheckpointError, Trainer, TrainingDivergedError, load_checkpoint, load_pretrained, read_checkpoint_config,
-    save_checkpoint, save_pretrained,
+from nestar.serialization import (
+    CheckpointError, load_checkpoint, load_pretrained, read_checkpoint_config, save_checkpoint, save_pretrained,
 )
+from nestar.training import Trainer, TrainingDivergedError
 from nestar.training.data_order import StepBatchSampler
 from nestar.training.ema import ema_decay_at, make_ema, update_ema
 from nestar.training.lr import lr_at, make_optimizer
@@ -279,7 +279,7 @@ def test_config_check_fills_fields_added_since_the_checkpoint(tiny_cfg):
     import copy
 
     from nestar.registry import config_to_dict
-    from nestar.training.checkpoint import check_config
+    from nestar.serialization import check_config
 
     saved = copy.deepcopy(config_to_dict(tiny_cfg))
     del saved["model"]["head"]["kind"], saved["data"]["latent_cache"]  # fields newer than the checkpoint

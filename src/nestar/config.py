@@ -4,6 +4,7 @@ Every config in nestar is a (possibly nested) dataclass. Unknown or ill-typed fi
 `ConfigError` naming the field, so a typo on the command line or a config from another version
 never passes silently.
 """
+
 from __future__ import annotations
 
 import ast
@@ -13,17 +14,25 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nestar.errors import UserError
+from nestar.errors import ConfigError
 
 T = TypeVar("T")
-
-
-class ConfigError(UserError, ValueError):
-    """A config value or field is invalid; the message names the field."""
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "check_min",
+    "diff_configs",
+    "from_dict",
+    "save_json",
+    "to_dict",
+]
 
 
 def check_min(prefix: str, minimum: float, **values: float) -> None:
-    """Raise ConfigError naming the first of `values` below `minimum` (e.g. `check_min("train.", 0, warmup_steps=-1)`)."""
+    """Raise ConfigError naming the first of `values` below `minimum`.
+
+    E.g. `check_min("train.", 0, warmup_steps=-1)`.
+    """
     for name, v in values.items():
         if v is not None and v < minimum:
             raise ConfigError(f"{prefix}{name} must be >= {minimum}, got {v}")
@@ -39,7 +48,9 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+    if origin is typing.Union or (
+        origin is not None and str(origin) == "<class 'types.UnionType'>"
+    ):
         if value is None and type(None) in args:
             return None
         errors = []
@@ -62,9 +73,13 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
             raise ConfigError(f"{field}: expected a sequence, got {value!r}")
         fixed = origin is tuple and args and args[-1] is not Ellipsis
         if fixed and len(value) != len(args):  # tuple[float, float]: exactly two
-            raise ConfigError(f"{field}: expected {len(args)} values, got {len(value)} ({list(value)!r})")
-        seq = [_coerce(v, args[i] if fixed else (args[0] if args else Any), f"{field}[{i}]")
-               for i, v in enumerate(value)]
+            raise ConfigError(
+                f"{field}: expected {len(args)} values, got {len(value)} ({list(value)!r})"
+            )
+        seq = [
+            _coerce(v, args[i] if fixed else (args[0] if args else Any), f"{field}[{i}]")
+            for i, v in enumerate(value)
+        ]
         return tuple(seq) if origin is tuple else seq
     if origin is typing.Literal:
         if value not in args:
@@ -99,7 +114,9 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     """Build dataclass `cls` from a dict; unknown keys and bad types raise ConfigError."""
     if not isinstance(data, dict):
         where = prefix.rstrip(".") or "the config"
-        raise ConfigError(f"{where}: expected a mapping of fields ({{...}}), got {type(data).__name__} {data!r:.80}")
+        raise ConfigError(
+            f"{where}: expected a mapping of fields ({{...}}), got {type(data).__name__} {data!r:.80}"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = set(data) - names

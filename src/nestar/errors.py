@@ -5,11 +5,16 @@ exit with status 2; anything else is a bug and keeps its traceback. Messages nam
 or option at fault and the fix. Subclasses keep their historical bases (ValueError,
 FileNotFoundError, ...) so existing `except` clauses still catch them.
 """
+
 from __future__ import annotations
 
 
 class UserError(Exception):
     """An error caused by the input (config, data, checkpoint, device, option values), not by a bug."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value or field is invalid; the message names the field."""
 
 
 class DataError(UserError, ValueError):

@@ -6,6 +6,7 @@ with `snapshot_download`, which reads the local Hub cache first; with `HF_HUB_OF
 touches the network and a repo missing from the cache is a one-line CheckpointError. Lookup order
 in from_pretrained: an existing local path, then a shipped model name, then a Hub id.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,10 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from nestar.training.checkpoint import CheckpointError
+from nestar.serialization import CheckpointError
 
 # owner/name[@revision]: the Hub's repo-id characters; exactly one slash, no leading dot or slash.
-_REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<rev>[\w./-]{1,200}))?$")
+_REPO_ID = re.compile(
+    r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<rev>[\w./-]{1,200}))?$"
+)
 FILES = ["model.safetensors", "config.json", "README.md"]
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of boolean environment variables
 
@@ -71,16 +74,29 @@ def download(spec: str) -> Path:
 
     cache = cache_dir() or "the default Hub cache"
     try:
-        path = hub.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir(), local_files_only=offline(),
-                                     allow_patterns=FILES, library_name="nestar")
+        path = hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir(),
+            local_files_only=offline(),
+            allow_patterns=FILES,
+            library_name="nestar",
+        )
     except errors.LocalEntryNotFoundError:
-        why = ("HF_HUB_OFFLINE=1 forbids downloading it" if offline()
-               else "it could not be downloaded (no connection to the Hub?)")
-        raise HubError(f"{where}: {repo_id} is not in the local cache ({cache}) and {why}; download it once "
-                       f"online (`hf download {repo_id}`), or pass a local directory") from None
+        why = (
+            "HF_HUB_OFFLINE=1 forbids downloading it"
+            if offline()
+            else "it could not be downloaded (no connection to the Hub?)"
+        )
+        raise HubError(
+            f"{where}: {repo_id} is not in the local cache ({cache}) and {why}; download it once "
+            f"online (`hf download {repo_id}`), or pass a local directory"
+        ) from None
     except errors.RepositoryNotFoundError:
-        raise HubError(f"{where}: there is no repo {repo_id} on the Hub (or it is private or gated: "
-                       f"log in with `hf auth login`)") from None
+        raise HubError(
+            f"{where}: there is no repo {repo_id} on the Hub (or it is private or gated: "
+            f"log in with `hf auth login`)"
+        ) from None
     except errors.RevisionNotFoundError:
         raise HubError(f"{where}: repo {repo_id} has no revision {revision!r}") from None
     except (errors.HfHubHTTPError, OSError) as e:
@@ -88,8 +104,14 @@ def download(spec: str) -> Path:
     return Path(path)
 
 
-def push_to_hub(pipe, repo_id: str, *, private: bool = False, token: Optional[str] = None,
-                commit_message: str = "Upload nestar model") -> str:
+def push_to_hub(
+    pipe,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: Optional[str] = None,
+    commit_message: str = "Upload nestar model",
+) -> str:
     """Upload `pipe.save_pretrained(...)` (weights, config, model card) to `repo_id`; returns the commit URL."""
     hub = _import_hub()
     if parse_repo_id(repo_id) is None or "@" in repo_id:
@@ -98,4 +120,6 @@ def push_to_hub(pipe, repo_id: str, *, private: bool = False, token: Optional[st
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nestar-push-") as tmp:
         pipe.save_pretrained(tmp, repo_id=repo_id)
-        return str(api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message))
+        return str(
+            api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+        )

@@ -1,4 +1,5 @@
 """Pipeline: class labels -> images (diffusers-style), with save_pretrained / from_pretrained."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,12 @@ from nestar.config import ConfigError
 from nestar.models.base import GenerativeModel
 from nestar.pretrained import describe_available, pretrained_dir
 from nestar.tokenizers import Tokenizer, build_tokenizer
-from nestar.training.checkpoint import CheckpointError, load_model_from_checkpoint, load_pretrained, save_pretrained
+from nestar.serialization import (
+    CheckpointError,
+    load_model_from_checkpoint,
+    load_pretrained,
+    save_pretrained,
+)
 from nestar.utils.device import parse_device
 from nestar.utils.precision import Precision, resolve_precision
 
@@ -23,15 +29,21 @@ class PipelineOutput:
     images: torch.Tensor  # (B, C, H, W) in [-1, 1]
     intermediates: list[torch.Tensor] = field(default_factory=list)  # one image batch per stage
     sequential_steps: int = 0
-    known: list[torch.Tensor] = field(default_factory=list)  # per stage, bool (G, G): tokens generated so far
+    known: list[torch.Tensor] = field(
+        default_factory=list
+    )  # per stage, bool (G, G): tokens generated so far
 
 
 class Pipeline:
     """A trained generator plus its tokenizer and run config; None sampling arguments use config.sample."""
 
-    def __init__(self, model: GenerativeModel, tokenizer: Tokenizer, config, source: Optional[Path] = None):
+    def __init__(
+        self, model: GenerativeModel, tokenizer: Tokenizer, config, source: Optional[Path] = None
+    ):
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
-        self.source = source  # where from_pretrained read it (its metrics go into save_pretrained's card)
+        self.source = (
+            source  # where from_pretrained read it (its metrics go into save_pretrained's card)
+        )
 
     @property
     def precision(self) -> Precision:
@@ -54,7 +66,9 @@ class Pipeline:
             if hub.parse_repo_id(str(path)):
                 p = hub.download(str(path))
         if p.is_dir() and (p / "checkpoints" / "last.safetensors").is_file():
-            model, config = load_model_from_checkpoint(p / "checkpoints" / "last.safetensors", use_ema)
+            model, config = load_model_from_checkpoint(
+                p / "checkpoints" / "last.safetensors", use_ema
+            )
         elif p.is_file() and p.name == "model.safetensors" and (p.parent / "config.json").is_file():
             model, config = load_pretrained(p.parent)
         elif p.is_file():
@@ -62,13 +76,17 @@ class Pipeline:
         elif p.is_dir() and (p / "model.safetensors").is_file():
             model, config = load_pretrained(p)
         else:
-            raise CheckpointError(f"{p} is neither a run directory (checkpoints/last.safetensors), a checkpoint "
-                                  f"file, a saved model (model.safetensors + config.json), nor the name of a "
-                                  f"shipped pretrained model ({describe_available()})")
+            raise CheckpointError(
+                f"{p} is neither a run directory (checkpoints/last.safetensors), a checkpoint "
+                f"file, a saved model (model.safetensors + config.json), nor the name of a "
+                f"shipped pretrained model ({describe_available()})"
+            )
         tok = build_tokenizer(config.tokenizer, config.data.image_size, config.data.channels)
         return cls(model.to(device), tok.to(device).eval(), config, source=p)
 
-    def save_pretrained(self, directory, metrics: Optional[dict] = None, repo_id: Optional[str] = None) -> Path:
+    def save_pretrained(
+        self, directory, metrics: Optional[dict] = None, repo_id: Optional[str] = None
+    ) -> Path:
         """Write `model.safetensors` + `config.json` + a `README.md` model card (the Hub layout);
         `Pipeline.from_pretrained(directory)` reads them back. `metrics` (default: those found where
         the pipeline was loaded from) go into the card and `metrics.json`; `repo_id` into its usage lines."""
@@ -89,35 +107,74 @@ class Pipeline:
         return self.model.device
 
     @torch.no_grad()
-    def __call__(self, labels, *, cfg: Optional[float] = None, cfg_schedule: Optional[str] = None,
-                 temperature: Optional[float] = None, num_steps: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, batch_size: int = 64) -> PipelineOutput:
+    def __call__(
+        self,
+        labels,
+        *,
+        guidance_scale: Optional[float] = None,
+        cfg_schedule: Optional[str] = None,
+        temperature: Optional[float] = None,
+        num_steps: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        batch_size: int = 64,
+    ) -> PipelineOutput:
         """Sample images for `labels`; None arguments use config.sample.
 
         Chunks of `batch_size` are sampled in order from the one `generator` (default: seeded with
         config.sample.seed), so the same seed and batch_size give the same images.
         """
         # Validated like the config (ConfigError naming the field): a bad value fails before sampling.
-        s = dataclasses.replace(self.config.sample, **{k: v for k, v in dict(
-            cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, num_steps=num_steps).items() if v is not None})
+        s = dataclasses.replace(
+            self.config.sample,
+            **{
+                k: v
+                for k, v in dict(
+                    cfg=guidance_scale,
+                    cfg_schedule=cfg_schedule,
+                    temperature=temperature,
+                    num_steps=num_steps,
+                ).items()
+                if v is not None
+            },
+        )
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if labels.numel() == 0:
             raise ValueError("labels is empty: pass at least one class id")
         n = self.config.data.num_classes
         if labels.min() < 0 or labels.max() >= n:
-            raise ConfigError(f"class labels must be in [0, {n}), got {labels.min().item()}..{labels.max().item()}")
+            raise ConfigError(
+                f"class labels must be in [0, {n}), got {labels.min().item()}..{labels.max().item()}"
+            )
         if generator is None:
             generator = torch.Generator().manual_seed(s.seed)
         images, stages, steps, known = [], [], 0, []
         prec = self.precision
-        for chunk in labels.split(batch_size):  # one generator consumed in order: same seed, same images
+        for chunk in labels.split(
+            batch_size
+        ):  # one generator consumed in order: same seed, same images
             with prec.autocast(self.device.type):
-                out = self.model.sample(chunk, cfg=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
-                                        num_steps=s.num_steps, generator=generator)
+                out = self.model.sample(
+                    chunk,
+                    guidance_scale=s.cfg,
+                    cfg_schedule=s.cfg_schedule,
+                    temperature=s.temperature,
+                    num_steps=s.num_steps,
+                    generator=generator,
+                )
             images.append(self.tokenizer.decode(out.tokens.float()).clamp(-1, 1))
-            stages.append([self.tokenizer.decode(t.float()).clamp(-1, 1) for t in out.intermediates])
+            stages.append(
+                [self.tokenizer.decode(t.float()).clamp(-1, 1) for t in out.intermediates]
+            )
             steps, known = out.sequential_steps, out.known
-        inter = [torch.cat([st[i] for st in stages]) for i in range(len(stages[0]))] if stages and stages[0] else []
+        inter = (
+            [torch.cat([st[i] for st in stages]) for i in range(len(stages[0]))]
+            if stages and stages[0]
+            else []
+        )
         g = math.isqrt(out.tokens.shape[1])
-        return PipelineOutput(images=torch.cat(images), intermediates=inter, sequential_steps=steps,
-                              known=[k.reshape(g, g).cpu() for k in known])
+        return PipelineOutput(
+            images=torch.cat(images),
+            intermediates=inter,
+            sequential_steps=steps,
+            known=[k.reshape(g, g).cpu() for k in known],
+        )

@@ -7,6 +7,7 @@ Each folder holds `model.safetensors` (EMA weights), `config.json` (the resolved
 
 This module only looks at files (no torch import), so the CLI can list the names in `--help`.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,9 @@ def available(root: Optional[Path] = None) -> list[str]:
     root = PRETRAINED_DIR if root is None else Path(root)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and all((p / f).is_file() for f in FILES))
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and all((p / f).is_file() for f in FILES)
+    )
 
 
 def pretrained_dir(name: str, root: Optional[Path] = None) -> Optional[Path]:

@@ -7,6 +7,7 @@ that exists (its patch's mean), spread smoothly over the image by normalised Gau
 whose width follows the spacing of the known tokens, then upsampled bilinearly. The last stage,
 where every token exists, is the sample itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,9 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def _chebyshev_to_known(known: torch.Tensor) -> torch.Tensor:
     """(G, G): the Chebyshev distance, in tokens, from each position to the nearest known token."""
     g = known.shape[0]
-    grid = torch.stack(torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij"), -1).reshape(-1, 1, 2)
+    grid = torch.stack(torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij"), -1).reshape(
+        -1, 1, 2
+    )
     return (grid - torch.nonzero(known)[None]).abs().amax(-1).amin(-1).reshape(g, g)
 
 
@@ -76,8 +79,14 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _caption_band(captions: Sequence[Sequence[str]], col_width: int, pad: int, width: int, channels: int,
-                  font_size: int) -> np.ndarray:
+def _caption_band(
+    captions: Sequence[Sequence[str]],
+    col_width: int,
+    pad: int,
+    width: int,
+    channels: int,
+    font_size: int,
+) -> np.ndarray:
     """A white band with one centred multi-line caption above each column."""
     font = _font(font_size)
     line_h = font_size + 3
@@ -92,8 +101,15 @@ def _caption_band(captions: Sequence[Sequence[str]], col_width: int, pad: int, w
     return np.repeat(arr, channels, axis=-1)
 
 
-def coarse_to_fine_strip(output, rows: int, per_row: int, path: str | Path, scale: int = 3,
-                         stage_label: str = "module", captions: Optional[Sequence[Sequence[str]]] = None) -> Path:
+def coarse_to_fine_strip(
+    output,
+    rows: int,
+    per_row: int,
+    path: str | Path,
+    scale: int = 3,
+    stage_label: str = "module",
+    captions: Optional[Sequence[Sequence[str]]] = None,
+) -> Path:
     """One row per chosen sample: the coarse preview after stage 1, 2, ..., M (left to right), with
     a caption per stage ('module 1' / '4 tokens').
 
@@ -104,16 +120,24 @@ def coarse_to_fine_strip(output, rows: int, per_row: int, path: str | Path, scal
     stages = output.intermediates
     known = list(getattr(output, "known", []) or [])
     picks = [r * per_row for r in range(rows)]
-    views = [coarse_preview(st[picks], known[i]) if i < len(known) else st[picks] for i, st in enumerate(stages)]
+    views = [
+        coarse_preview(st[picks], known[i]) if i < len(known) else st[picks]
+        for i, st in enumerate(stages)
+    ]
     tiles = torch.stack([views[s][j] for j in range(len(picks)) for s in range(len(stages))])
     if captions is None:
-        captions = [[f"{stage_label} {i + 1}"] + ([f"{int(known[i].sum())} tokens"]
-                                                   if i < len(known) else []) for i in range(len(stages))]
+        captions = [
+            [f"{stage_label} {i + 1}"]
+            + ([f"{int(known[i].sum())} tokens"] if i < len(known) else [])
+            for i in range(len(stages))
+        ]
     pad = 2
     grid = make_grid(tiles, nrow=len(stages), pad=pad)
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)  # nearest-neighbour upscale
     col_w = tiles.shape[-1] * scale
-    band = _caption_band(captions, col_w, pad * scale, grid.shape[1], grid.shape[2], font_size=max(9, 4 * scale))
+    band = _caption_band(
+        captions, col_w, pad * scale, grid.shape[1], grid.shape[2], font_size=max(9, 4 * scale)
+    )
     image = np.concatenate([band, grid], axis=0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

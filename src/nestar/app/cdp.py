@@ -5,6 +5,7 @@ with `--remote-debugging-pipe` reads NUL-terminated JSON commands on fd 3 and wr
 events on fd 4, so no websocket client, webdriver or downloaded browser is needed: Debian's
 `chromium-headless-shell` (or `chromium`) is enough.
 """
+
 from __future__ import annotations
 
 import base64
@@ -19,13 +20,29 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-BINARIES = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+BINARIES = (
+    "chromium-headless-shell",
+    "chromium",
+    "chromium-browser",
+    "google-chrome",
+    "google-chrome-stable",
+)
 # Nothing may reach the network from a test: no updates, sync, field trials or QUIC probes.
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--disable-extensions", "--metrics-recording-only", "--mute-audio",
-    "--disable-dev-shm-usage", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--metrics-recording-only",
+    "--mute-audio",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
 )
 
 
@@ -58,21 +75,33 @@ class Browser:
     def __init__(self, binary: Optional[str] = None, timeout: float = 30.0):
         binary = binary or find_chromium()
         if not binary:
-            raise BrowserError(f"no Chromium found (looked for {', '.join(BINARIES)}); "
-                               f"install it with: sudo apt-get install -y chromium-headless-shell")
+            raise BrowserError(
+                f"no Chromium found (looked for {', '.join(BINARIES)}); "
+                f"install it with: sudo apt-get install -y chromium-headless-shell"
+            )
         self.timeout = timeout
         self._profile = tempfile.TemporaryDirectory(prefix="nestar-chromium-")
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
         to_child_r, from_child_w = _high_fd(to_child_r), _high_fd(from_child_w)
         self._log = tempfile.TemporaryFile()
-        args = [binary, *FLAGS, f"--user-data-dir={self._profile.name}", "--remote-debugging-pipe", "about:blank"]
+        args = [
+            binary,
+            *FLAGS,
+            f"--user-data-dir={self._profile.name}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
         # bash puts our pipe ends on fds 3 and 4 (no preexec_fn: the caller may run threads; dash
         # cannot redirect fds >= 10).
         script = f'exec "$@" 3<&{to_child_r} 4>&{from_child_w} {to_child_r}<&- {from_child_w}>&-'
-        self.proc = subprocess.Popen([shutil.which("bash") or "/bin/bash", "-c", script, "bash", *args],
-                                     pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [shutil.which("bash") or "/bin/bash", "-c", script, "bash", *args],
+            pass_fds=(to_child_r, from_child_w),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         os.close(to_child_r)
         os.close(from_child_w)
         self._buf, self._next_id, self._events = b"", 0, []
@@ -87,13 +116,20 @@ class Browser:
             if ready:
                 chunk = os.read(self._from_child, 1 << 20)
                 if not chunk:
-                    raise BrowserError(f"Chromium exited (code {self.proc.poll()}): {self.log_tail()}")
+                    raise BrowserError(
+                        f"Chromium exited (code {self.proc.poll()}): {self.log_tail()}"
+                    )
                 self._buf += chunk
         msg, self._buf = self._buf.split(b"\0", 1)
         return json.loads(msg)
 
-    def call(self, method: str, params: Optional[dict] = None, session: Optional[str] = None,
-             timeout: Optional[float] = None) -> dict:
+    def call(
+        self,
+        method: str,
+        params: Optional[dict] = None,
+        session: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> dict:
         """Send one DevTools command and return its result (events that arrive meanwhile are kept)."""
         self._next_id += 1
         msg: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
@@ -102,7 +138,9 @@ class Browser:
         try:
             os.write(self._to_child, json.dumps(msg).encode() + b"\0")
         except BrokenPipeError as e:
-            raise BrowserError(f"Chromium exited (code {self.proc.poll()}): {self.log_tail()}") from e
+            raise BrowserError(
+                f"Chromium exited (code {self.proc.poll()}): {self.log_tail()}"
+            ) from e
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             reply = self._read_message(deadline)
@@ -115,7 +153,9 @@ class Browser:
     def page(self, width: int = 1200, height: int = 900) -> "Page":
         """A new tab of `width` x `height` CSS pixels."""
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
         page = Page(self, session)
         page.resize(width, height)
         return page
@@ -156,12 +196,16 @@ class Page:
     def __init__(self, browser: Browser, session: str):
         self.browser, self.session = browser, session
 
-    def call(self, method: str, params: Optional[dict] = None, timeout: Optional[float] = None) -> dict:
+    def call(
+        self, method: str, params: Optional[dict] = None, timeout: Optional[float] = None
+    ) -> dict:
         return self.browser.call(method, params, session=self.session, timeout=timeout)
 
     def resize(self, width: int, height: int) -> None:
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
 
     def goto(self, url: str, timeout: float = 30.0) -> None:
         """Load `url` and wait until the document is complete."""
@@ -172,8 +216,11 @@ class Page:
 
     def evaluate(self, expression: str, timeout: Optional[float] = None) -> Any:
         """The JSON value of a JavaScript expression (promises are awaited)."""
-        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                "awaitPromise": True}, timeout=timeout)
+        result = self.call(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+            timeout=timeout,
+        )
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]
             text = details.get("exception", {}).get("description") or details.get("text")
@@ -195,8 +242,13 @@ class Page:
         """Save a PNG of the viewport (or, with `full_page`, of the whole document's height)."""
         params: dict[str, Any] = {"format": "png"}
         if full_page:
-            w, h = self.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
-            params.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": w, "height": h, "scale": 1})
+            w, h = self.evaluate(
+                "[document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+            )
+            params.update(
+                captureBeyondViewport=True,
+                clip={"x": 0, "y": 0, "width": w, "height": h, "scale": 1},
+            )
         data = self.call("Page.captureScreenshot", params)["data"]
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ and the time it took. `make_server` wraps it in a `ThreadingHTTPServer`:
 
 Why not gradio: see docs/design.md ("nestar serve").
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,7 +46,9 @@ class Limits:
     max_head_steps: int = 200
     max_cfg: float = 20.0
     max_temperature: float = 5.0
-    wait_s: float = 120.0  # how long a request queues for the (single) generation slot before HTTP 503
+    wait_s: float = (
+        120.0  # how long a request queues for the (single) generation slot before HTTP 503
+    )
 
 
 class RequestError(ValueError):
@@ -106,7 +109,9 @@ def parse_classes(value: Any, names: list[str]) -> list[int]:
             cid = lookup[item.lower()]
         else:
             known = ", ".join(names) if len(names) <= 20 else f"{names[0]}, ..., {names[-1]}"
-            raise RequestError(f"unknown class {item!r}: use a name ({known}) or an id from 0 to {len(names) - 1}")
+            raise RequestError(
+                f"unknown class {item!r}: use a name ({known}) or an id from 0 to {len(names) - 1}"
+            )
         if cid not in ids:
             ids.append(cid)
     return ids
@@ -124,7 +129,9 @@ def _number(form: dict, key: str, default, kind: type, lo, hi, label: str):
         if kind is int and isinstance(raw, float) and raw != value:
             raise ValueError
     except (TypeError, ValueError):
-        raise RequestError(f"{label} must be {'a whole number' if kind is int else 'a number'}, got {raw!r}") from None
+        raise RequestError(
+            f"{label} must be {'a whole number' if kind is int else 'a number'}, got {raw!r}"
+        ) from None
     if isinstance(value, float) and not math.isfinite(value):
         raise RequestError(f"{label} must be a finite number, got {raw!r}")
     if not lo <= value <= hi:
@@ -140,19 +147,38 @@ def parse_request(form: dict, names: list[str], defaults, limits: Limits) -> Gen
     if schedule not in ("constant", "linear"):
         raise RequestError(f"guidance schedule must be 'constant' or 'linear', got {schedule!r}")
     req = GenerateRequest(
-        classes=parse_classes(form.get("classes"), names), cfg_schedule=schedule,
-        per_class=_number(form, "per_class", min(4, limits.max_images), int, 1, limits.max_images,
-                          "samples per class"),
+        classes=parse_classes(form.get("classes"), names),
+        cfg_schedule=schedule,
+        per_class=_number(
+            form,
+            "per_class",
+            min(4, limits.max_images),
+            int,
+            1,
+            limits.max_images,
+            "samples per class",
+        ),
         cfg=_number(form, "cfg", defaults.cfg, float, 0.0, limits.max_cfg, "guidance scale"),
-        temperature=_number(form, "temperature", defaults.temperature, float, 0.01, limits.max_temperature,
-                            "temperature"),
-        num_steps=_number(form, "num_steps", defaults.num_steps, int, 1, limits.max_head_steps, "head steps"),
+        temperature=_number(
+            form,
+            "temperature",
+            defaults.temperature,
+            float,
+            0.01,
+            limits.max_temperature,
+            "temperature",
+        ),
+        num_steps=_number(
+            form, "num_steps", defaults.num_steps, int, 1, limits.max_head_steps, "head steps"
+        ),
         seed=_number(form, "seed", defaults.seed, int, 0, 2**31 - 1, "seed"),
     )
     total = len(req.classes) * req.per_class
     if total > limits.max_images:  # checked last: the fields' own messages are more specific
-        raise RequestError(f"{len(req.classes)} classes x {req.per_class} samples = {total} images is over this "
-                           f"server's limit of {limits.max_images} per request: pick fewer classes or samples")
+        raise RequestError(
+            f"{len(req.classes)} classes x {req.per_class} samples = {total} images is over this "
+            f"server's limit of {limits.max_images} per request: pick fewer classes or samples"
+        )
     return req
 
 
@@ -172,41 +198,77 @@ class DemoService:
         cfg, model = self.pipe.config, self.pipe.model
         s = cfg.sample
         return {
-            "source": self.source, "preset": cfg.preset, "model_type": cfg.model_type,
-            "params": model.num_params(), "sequential_steps": model.sequential_steps(),
-            "dataset": cfg.data.name, "image_size": cfg.data.image_size, "classes": self.names,
-            "defaults": {"cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature,
-                         "num_steps": s.num_steps, "seed": s.seed, "per_class": min(4, self.limits.max_images)},
-            "limits": asdict(self.limits), "precision": self.pipe.precision.name,
+            "source": self.source,
+            "preset": cfg.preset,
+            "model_type": cfg.model_type,
+            "params": model.num_params(),
+            "sequential_steps": model.sequential_steps(),
+            "dataset": cfg.data.name,
+            "image_size": cfg.data.image_size,
+            "classes": self.names,
+            "defaults": {
+                "cfg": s.cfg,
+                "cfg_schedule": s.cfg_schedule,
+                "temperature": s.temperature,
+                "num_steps": s.num_steps,
+                "seed": s.seed,
+                "per_class": min(4, self.limits.max_images),
+            },
+            "limits": asdict(self.limits),
+            "precision": self.pipe.precision.name,
         }
 
     def generate(self, form: dict) -> dict:
         """Sample for a form; RequestError for bad input, BusyError when the slot stays taken."""
         req = parse_request(form, self.names, self.pipe.config.sample, self.limits)
         if not self._lock.acquire(timeout=self.limits.wait_s):
-            raise BusyError(f"another generation has been running for over {self.limits.wait_s:.0f}s; try again later")
+            raise BusyError(
+                f"another generation has been running for over {self.limits.wait_s:.0f}s; try again later"
+            )
         try:
             labels = torch.tensor(req.classes).repeat_interleave(req.per_class)
             t0 = time.perf_counter()
-            out = self.pipe(labels, cfg=req.cfg, cfg_schedule=req.cfg_schedule, temperature=req.temperature,
-                            num_steps=req.num_steps, generator=torch.Generator().manual_seed(req.seed),
-                            batch_size=self.limits.max_images)
+            out = self.pipe(
+                labels,
+                guidance_scale=req.cfg,
+                cfg_schedule=req.cfg_schedule,
+                temperature=req.temperature,
+                num_steps=req.num_steps,
+                generator=torch.Generator().manual_seed(req.seed),
+                batch_size=self.limits.max_images,
+            )
             seconds = time.perf_counter() - t0
         finally:
             self._lock.release()
-        return {**self._render(out, req), "sequential_steps": out.sequential_steps, "seconds": round(seconds, 3),
-                "num_images": len(labels), "class_names": [self.names[c] for c in req.classes],
-                "settings": asdict(req)}
+        return {
+            **self._render(out, req),
+            "sequential_steps": out.sequential_steps,
+            "seconds": round(seconds, 3),
+            "num_images": len(labels),
+            "class_names": [self.names[c] for c in req.classes],
+            "settings": asdict(req),
+        }
 
     def _render(self, out, req: GenerateRequest) -> dict:
         """The grid (one row per class) and the strip, through the same code as `nestar sample`."""
-        scale = max(1, 96 // self.pipe.config.data.image_size)  # small images upscaled (nearest) for the screen
+        scale = max(
+            1, 96 // self.pipe.config.data.image_size
+        )  # small images upscaled (nearest) for the screen
         with tempfile.TemporaryDirectory(prefix="nestar-serve-") as tmp:
             grid = save_grid(out.images, Path(tmp) / "grid.png", nrow=req.per_class, scale=scale)
-            result = {"grid": _png_data_url(grid), "strip": None, "strip_stages": len(out.intermediates)}
+            result = {
+                "grid": _png_data_url(grid),
+                "strip": None,
+                "strip_stages": len(out.intermediates),
+            }
             if out.intermediates:
-                strip = coarse_to_fine_strip(out, rows=len(req.classes), per_row=req.per_class,
-                                             path=Path(tmp) / "strip.png", scale=scale)
+                strip = coarse_to_fine_strip(
+                    out,
+                    rows=len(req.classes),
+                    per_row=req.per_class,
+                    path=Path(tmp) / "strip.png",
+                    scale=scale,
+                )
                 result["strip"] = _png_data_url(strip)
         return result
 
@@ -240,7 +302,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/api/info":
             self._json(HTTPStatus.OK, self.service.info())
         elif path == "/api/generate":
-            self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "POST a JSON object to /api/generate"})
+            self._json(
+                HTTPStatus.METHOD_NOT_ALLOWED, {"error": "POST a JSON object to /api/generate"}
+            )
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {path}"})
 
@@ -250,15 +314,19 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.headers.get_content_type() != "application/json":
             # Also keeps other web sites out: a cross-origin JSON POST needs a CORS preflight, never granted here.
-            self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send the request as application/json"})
+            self._json(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send the request as application/json"}
+            )
             return
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if not 0 < length <= MAX_BODY_BYTES:
-            self._json(HTTPStatus.BAD_REQUEST,
-                       {"error": f"the request body must be 1 to {MAX_BODY_BYTES} bytes of JSON"})
+            self._json(
+                HTTPStatus.BAD_REQUEST,
+                {"error": f"the request body must be 1 to {MAX_BODY_BYTES} bytes of JSON"},
+            )
             return
         try:
             form = json.loads(self.rfile.read(length))
@@ -271,11 +339,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(e)})
         except Exception as e:  # noqa: BLE001 -- a bug: the traceback goes to the server log, one line to the page
             traceback.print_exc()
-            self._json(HTTPStatus.INTERNAL_SERVER_ERROR,
-                       {"error": f"generation failed ({type(e).__name__}: {e}); the server log has the details"})
+            self._json(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                {
+                    "error": f"generation failed ({type(e).__name__}: {e}); the server log has the details"
+                },
+            )
 
 
-def make_server(service: DemoService, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+def make_server(
+    service: DemoService, host: str = "127.0.0.1", port: int = 8000
+) -> ThreadingHTTPServer:
     """A threaded HTTP server for `service` (port 0: any free port; see `server.server_address`)."""
     handler = type("Handler", (_Handler,), {"service": service})
     server = ThreadingHTTPServer((host, port), handler)

@@ -5,6 +5,7 @@ std over training seeds in quality.json's `summary`. A claim is only decided wit
 project's protocol asks for (N >= 5,000 samples and >= 3 seeds per arm); otherwise `holds` is None
 and `why` says what is missing. The difference's standard error is sqrt(sa^2/na + sb^2/nb).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,14 +31,46 @@ class Claim:
 
 
 CLAIMS = (
-    Claim("fid_nestar_vs_raster", "pixel tokens, equal budget: NestAR's mean FID no worse than raster AR's",
-          "nestar", "raster", "fid", "le"),
-    Claim("seam_nestar_vs_raster", "NestAR's seam statistic no worse than raster AR's", "nestar", "raster", "seam", "le"),
-    Claim("recall_nestar_vs_nextscale", "NestAR's recall above next-scale's by more than two standard errors",
-          "nestar", "nextscale", "recall", "gt2se"),
-    Claim("fid_nestar_vs_mar", "NestAR's mean FID no worse than MAR's at equal budget", "nestar", "mar", "fid", "le"),
-    Claim("recall_first_module", "a small first module (depth 1 vs 4) changes recall (paper: ~17% less diversity)",
-          "nestar-first-small", "nestar", "recall", "ci"),
+    Claim(
+        "fid_nestar_vs_raster",
+        "pixel tokens, equal budget: NestAR's mean FID no worse than raster AR's",
+        "nestar",
+        "raster",
+        "fid",
+        "le",
+    ),
+    Claim(
+        "seam_nestar_vs_raster",
+        "NestAR's seam statistic no worse than raster AR's",
+        "nestar",
+        "raster",
+        "seam",
+        "le",
+    ),
+    Claim(
+        "recall_nestar_vs_nextscale",
+        "NestAR's recall above next-scale's by more than two standard errors",
+        "nestar",
+        "nextscale",
+        "recall",
+        "gt2se",
+    ),
+    Claim(
+        "fid_nestar_vs_mar",
+        "NestAR's mean FID no worse than MAR's at equal budget",
+        "nestar",
+        "mar",
+        "fid",
+        "le",
+    ),
+    Claim(
+        "recall_first_module",
+        "a small first module (depth 1 vs 4) changes recall (paper: ~17% less diversity)",
+        "nestar-first-small",
+        "nestar",
+        "recall",
+        "ci",
+    ),
 )
 
 
@@ -46,26 +79,46 @@ def _arm(summary: dict, name: str, metric: str) -> Optional[dict]:
     if e is None or e["mean"].get(metric) is None:
         return None
     vals = [v for v in e["values"][metric] if v is not None]
-    return {"name": name, "N": e.get("num_eval"), "seeds": e["seeds"], "values": vals, "mean": e["mean"][metric],
-            "std": e["std"][metric]}
+    return {
+        "name": name,
+        "N": e.get("num_eval"),
+        "seeds": e["seeds"],
+        "values": vals,
+        "mean": e["mean"][metric],
+        "std": e["std"][metric],
+    }
 
 
 def evaluate_claim(claim: Claim, summary: dict) -> dict:
     """The claim's arms, difference, standard error, and whether it holds (None: not enough evidence)."""
     a, b = _arm(summary, claim.a, claim.metric), _arm(summary, claim.b, claim.metric)
-    out = {"id": claim.id, "claim": claim.text, "metric": claim.metric, "rule": claim.rule, "arms": [a, b],
-           "holds": None}
+    out = {
+        "id": claim.id,
+        "claim": claim.text,
+        "metric": claim.metric,
+        "rule": claim.rule,
+        "arms": [a, b],
+        "holds": None,
+    }
     if a is None or b is None:
         out["why"] = f"arm {claim.a if a is None else claim.b!r} not measured"
         return out
     diff = a["mean"] - b["mean"]
-    se = (math.sqrt(a["std"] ** 2 / len(a["values"]) + b["std"] ** 2 / len(b["values"]))
-          if a["std"] is not None and b["std"] is not None else None)
-    out.update(difference=diff, standard_error=se,
-               ci95=[diff - 1.96 * se, diff + 1.96 * se] if se is not None else None)
+    se = (
+        math.sqrt(a["std"] ** 2 / len(a["values"]) + b["std"] ** 2 / len(b["values"]))
+        if a["std"] is not None and b["std"] is not None
+        else None
+    )
+    out.update(
+        difference=diff,
+        standard_error=se,
+        ci95=[diff - 1.96 * se, diff + 1.96 * se] if se is not None else None,
+    )
     short = [x["name"] for x in (a, b) if len(x["values"]) < MIN_SEEDS or (x["N"] or 0) < MIN_N]
     if short:
-        out["why"] = f"needs N >= {MIN_N} and >= {MIN_SEEDS} seeds per arm; short: {', '.join(short)}"
+        out["why"] = (
+            f"needs N >= {MIN_N} and >= {MIN_SEEDS} seeds per arm; short: {', '.join(short)}"
+        )
         return out
     if claim.rule == "le":
         out["holds"] = diff <= 0
@@ -82,11 +135,17 @@ def evaluate_files(paths: list[str | Path]) -> dict:
     for p in paths:
         data = json.loads(Path(p).read_text())
         if "summary" not in data:
-            raise ValueError(f"{p}: no 'summary' (written by `nestar bench quality` since --train-seeds); re-run "
-                             "the bench to refresh it (finished entries come from the cache)")
+            raise ValueError(
+                f"{p}: no 'summary' (written by `nestar bench quality` since --train-seeds); re-run "
+                "the bench to refresh it (finished entries come from the cache)"
+            )
         summary.update(data["summary"])
-    return {"sources": [str(p) for p in paths], "min_N": MIN_N, "min_seeds": MIN_SEEDS,
-            "claims": [evaluate_claim(c, summary) for c in CLAIMS]}
+    return {
+        "sources": [str(p) for p in paths],
+        "min_N": MIN_N,
+        "min_seeds": MIN_SEEDS,
+        "claims": [evaluate_claim(c, summary) for c in CLAIMS],
+    }
 
 
 __all__ = ["CLAIMS", "Claim", "evaluate_claim", "evaluate_files"]

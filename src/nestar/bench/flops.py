@@ -12,10 +12,10 @@ and masking (element-wise work) are not counted.
 
     python -m nestar.bench.flops nestar-s mar-s --dtype bfloat16   # FLOPs per image only (no timing)
 """
+
 from __future__ import annotations
 
-import argparse
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from torch.utils.flop_counter import (
@@ -44,7 +44,9 @@ def _attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def _attention_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+def _attention_backward_flop(
+    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+) -> int:
     """Backward SDPA FLOPs from the shapes (torch's formula)."""
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
@@ -57,7 +59,10 @@ def register_attention_flops() -> list[str]:
     call use the formulas (`FlopCounterMode` copies the registry when it is constructed).
     """
     added = []
-    for names, formula in ((_FORWARD_KERNELS, _attention_flop), (_BACKWARD_KERNELS, _attention_backward_flop)):
+    for names, formula in (
+        (_FORWARD_KERNELS, _attention_flop),
+        (_BACKWARD_KERNELS, _attention_backward_flop),
+    ):
         for name in names:
             op = getattr(torch.ops.aten, name, None)
             if op is None or op in flop_registry:
@@ -73,32 +78,3 @@ def count_flops(fn: Callable[[], Any]) -> int:
     with FlopCounterMode(display=False) as fc:
         fn()
     return fc.get_total_flops()
-
-
-# ----- FLOPs per image without timing ----------------------------------------------------------------
-def preset_gflops(name: str, opts: Any, dev: torch.device) -> float:
-    """GFLOPs per image of one `sample` call of a preset at batch `opts.flops_batch`, as `nestar bench speed` counts them."""
-    from nestar.bench.speed import _build, _sample_fn
-
-    cfg, model = _build(name, opts, dev)
-    return count_flops(_sample_fn(model, cfg, opts, opts.flops_batch, dev)) / opts.flops_batch / 1e9
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    """Print GFLOPs per image for presets, with the speed bench's defaults (a load-independent re-count)."""
-    from nestar.bench.speed import SpeedOptions, _device, default_presets
-
-    p = argparse.ArgumentParser(prog="python -m nestar.bench.flops", description=main.__doc__)
-    p.add_argument("presets", nargs="*", help="presets (default: the speed bench's)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--flops-batch", type=int, default=2)
-    args, overrides = p.parse_known_args(argv)
-    opts = SpeedOptions(device=args.device, dtype=args.dtype, flops_batch=args.flops_batch, overrides=overrides).resolved()
-    dev = _device(opts.device)
-    for name in args.presets or default_presets(quick=False)[0]:
-        print(f"{name}\t{preset_gflops(name, opts, dev):.3f} GFLOPs/img", flush=True)
-
-
-if __name__ == "__main__":
-    main()

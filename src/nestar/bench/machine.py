@@ -6,6 +6,7 @@ GFLOP/s (FLOPs per image x images per second) can be read as a fraction of what 
 does at best. Measuring the peak before and after the models, and the load average, flags runs
 that other processes slowed down (`busy_warnings`).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,12 @@ from typing import Any, Optional
 
 import torch
 
-PEAK_TOLERANCE = 0.2  # peaks before/after differing by more than this fraction: the machine was not steady
-LOAD_TOLERANCE = 0.5  # runnable threads above the core count tolerated (load averages of a quiet machine drift)
+PEAK_TOLERANCE = (
+    0.2  # peaks before/after differing by more than this fraction: the machine was not steady
+)
+LOAD_TOLERANCE = (
+    0.5  # runnable threads above the core count tolerated (load averages of a quiet machine drift)
+)
 
 
 def _sync(dev: torch.device) -> None:
@@ -25,8 +30,13 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def matmul_peak_gflops(dev: torch.device, dtype: torch.dtype = torch.float32, size: int = 1024,
-                       seconds: float = 1.0, trials: int = 3) -> float:
+def matmul_peak_gflops(
+    dev: torch.device,
+    dtype: torch.dtype = torch.float32,
+    size: int = 1024,
+    seconds: float = 1.0,
+    trials: int = 3,
+) -> float:
     """Best GFLOP/s of `size`x`size` matmuls repeated for `seconds / trials` per trial, best of `trials`.
 
     Runs on torch's current thread count. Each trial does at least one matmul after a warm-up one.
@@ -43,7 +53,9 @@ def matmul_peak_gflops(dev: torch.device, dtype: torch.dtype = torch.float32, si
         while True:
             torch.mm(a, b)
             n += 1
-            if dev.type == "cuda" and n % 8:  # sync only every few calls on a GPU: launches are asynchronous
+            if (
+                dev.type == "cuda" and n % 8
+            ):  # sync only every few calls on a GPU: launches are asynchronous
                 continue
             _sync(dev)
             elapsed = time.perf_counter() - t0
@@ -77,7 +89,9 @@ def load_average() -> Optional[list[float]]:
         return None
 
 
-def snapshot(dev: torch.device, dtypes: list[torch.dtype], size: int, seconds: float) -> dict[str, Any]:
+def snapshot(
+    dev: torch.device, dtypes: list[torch.dtype], size: int, seconds: float
+) -> dict[str, Any]:
     """Load average and the matmul peak of every dtype (GFLOP/s; none when `seconds` is 0)."""
     load = load_average()  # before the matmuls, which would raise it
     peaks = {}
@@ -87,8 +101,14 @@ def snapshot(dev: torch.device, dtypes: list[torch.dtype], size: int, seconds: f
     return {"loadavg": load, "peak_gflops": peaks}
 
 
-def busy_warnings(load_before: Optional[float], load_after: Optional[float], bench_threads: int, cpu_count: int,
-                  peaks_before: dict[str, float], peaks_after: dict[str, float]) -> list[str]:
+def busy_warnings(
+    load_before: Optional[float],
+    load_after: Optional[float],
+    bench_threads: int,
+    cpu_count: int,
+    peaks_before: dict[str, float],
+    peaks_after: dict[str, float],
+) -> list[str]:
     """Why the run's timings may be slowed by other processes (empty: no sign of it).
 
     Busy when the demand on the CPUs exceeds the cores: the 1-minute load average before the run
@@ -98,27 +118,42 @@ def busy_warnings(load_before: Optional[float], load_after: Optional[float], ben
     """
     out = []
     if load_before is not None and load_before + bench_threads > cpu_count + LOAD_TOLERANCE:
-        out.append(f"busy machine: load average {load_before:.2f} before the run + {bench_threads} bench threads "
-                   f"> {cpu_count} cores")
+        out.append(
+            f"busy machine: load average {load_before:.2f} before the run + {bench_threads} bench threads "
+            f"> {cpu_count} cores"
+        )
     if load_after is not None and load_after > cpu_count + LOAD_TOLERANCE:
-        out.append(f"busy machine: load average {load_after:.2f} after the run (bench threads included) > {cpu_count} cores")
+        out.append(
+            f"busy machine: load average {load_after:.2f} after the run (bench threads included) > {cpu_count} cores"
+        )
     for dt, before in peaks_before.items():
         after = peaks_after.get(dt)
         if after and before and abs(after - before) / max(after, before) > PEAK_TOLERANCE:
-            out.append(f"unsteady machine: {dt} matmul peak {before:.1f} GFLOP/s before, {after:.1f} after "
-                       f"(> {PEAK_TOLERANCE:.0%} apart)")
+            out.append(
+                f"unsteady machine: {dt} matmul peak {before:.1f} GFLOP/s before, {after:.1f} after "
+                f"(> {PEAK_TOLERANCE:.0%} apart)"
+            )
     return out
 
 
-def summarise(before: dict, after: dict, dev: torch.device, dtype: str, size: int) -> dict[str, Any]:
+def summarise(
+    before: dict, after: dict, dev: torch.device, dtype: str, size: int
+) -> dict[str, Any]:
     """The machine record of a run: model, threads, wait policy, loads, peaks (best of before/after), warnings."""
     threads = torch.get_num_threads()
     cpu_count = os.cpu_count() or 1
     load_b, load_a = before["loadavg"], after["loadavg"]
-    peaks = {dt: max(v, after["peak_gflops"].get(dt, 0.0)) for dt, v in before["peak_gflops"].items()}
-    warnings = busy_warnings(load_b[0] if load_b else None, load_a[0] if load_a else None,
-                             threads if dev.type == "cpu" else 1, cpu_count,
-                             before["peak_gflops"], after["peak_gflops"])
+    peaks = {
+        dt: max(v, after["peak_gflops"].get(dt, 0.0)) for dt, v in before["peak_gflops"].items()
+    }
+    warnings = busy_warnings(
+        load_b[0] if load_b else None,
+        load_a[0] if load_a else None,
+        threads if dev.type == "cpu" else 1,
+        cpu_count,
+        before["peak_gflops"],
+        after["peak_gflops"],
+    )
     return {
         "cpu_model": cpu_model(),
         "threads": threads,
@@ -144,22 +179,30 @@ def add_efficiency(rows: list[dict], machine: dict) -> None:
         if "error" in r or r.get("gflops_per_img") is None or r.get("throughput_img_s") is None:
             continue
         r["achieved_gflops_s"] = r["gflops_per_img"] * r["throughput_img_s"]
-        for key, dt in (("peak_fraction", machine.get("peak_dtype")), ("peak_fraction_fp32", "float32")):
+        for key, dt in (
+            ("peak_fraction", machine.get("peak_dtype")),
+            ("peak_fraction_fp32", "float32"),
+        ):
             r[key] = r["achieved_gflops_s"] / peaks[dt] if peaks.get(dt) else None
 
 
 def markdown(machine: dict, batch: int) -> str:
     """The report's machine paragraph (and a bold warning per busy sign)."""
+
     def peaks(p: dict) -> str:
         return ", ".join(f"{dt} {v:.1f}" for dt, v in p.items()) or "not measured"
 
     def load(x: Optional[list[float]]) -> str:
         return "/".join(f"{v:.2f}" for v in x) if x else "n/a"
 
-    text = (f"Machine: {machine['cpu_model']}; {machine['threads']} threads of {machine['cpu_count']} CPUs; "
-            f"OMP_WAIT_POLICY {machine['omp_wait_policy']}; load average (1/5/15 min) {load(machine['loadavg_before'])} "
-            f"before, {load(machine['loadavg_after'])} after; matmul peak (GFLOP/s, square {machine.get('peak_size', '?')}) "
-            f"before: {peaks(machine['peak_gflops_before'])}; after: {peaks(machine['peak_gflops_after'])}. "
-            f"Achieved GFLOP/s = GFLOPs/img x throughput at batch {batch}; % of peak: against the best "
-            f"{machine['peak_dtype']} peak.")
+    text = (
+        f"Machine: {machine['cpu_model']}; {machine['threads']} threads of {machine['cpu_count']} CPUs; "
+        f"OMP_WAIT_POLICY {machine['omp_wait_policy']}; "
+        f"load average (1/5/15 min) {load(machine['loadavg_before'])} before, "
+        f"{load(machine['loadavg_after'])} after; "
+        f"matmul peak (GFLOP/s, square {machine.get('peak_size', '?')}) "
+        f"before: {peaks(machine['peak_gflops_before'])}; after: {peaks(machine['peak_gflops_after'])}. "
+        f"Achieved GFLOP/s = GFLOPs/img x throughput at batch {batch}; % of peak: against the best "
+        f"{machine['peak_dtype']} peak."
+    )
     return "\n\n".join([text] + [f"**Warning: {w}.**" for w in machine["warnings"]])

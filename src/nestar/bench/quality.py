@@ -2,7 +2,7 @@
 
 Each entry is a preset plus overrides. The bench trains it with the shared Trainer (resuming a run
 that exists), samples `num_eval` images with balanced labels and one seed, and scores them with the
-evaluation suite (SPEC 6: FID, KID, precision/recall, class agreement, within-class diversity)
+evaluation suite (docs/evaluation.md: FID, KID, precision/recall, class agreement, within-class diversity)
 against the cached statistics of the real test split. A "real" row (images of the train split,
 same N) gives the floor that finite N allows. Finished entries are cached as JSON under
 `out/entries/`, so an interrupted bench continues where it stopped.
@@ -10,6 +10,7 @@ same N) gives the floor that finite N allows. Finished entries are cached as JSO
 Suites: `models` (NestAR and the four baselines, matched in size) and `ablations` (one NestAR
 setting changed at a time; the unchanged NestAR is the shared reference arm).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+
+from nestar.models import MODEL_SPECS
 
 
 @dataclass(frozen=True)
@@ -36,38 +39,84 @@ class Entry:
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
 
 
-# Presets of matched size (registry.py: within 2% of nestar-fmnist's 6.8M parameters).
-MODEL_ENTRIES = [
-    Entry("nestar", "nestar-fmnist"),
-    Entry("raster", "raster-fmnist"),
-    Entry("mar", "mar-fmnist"),
-    Entry("arinar", "arinar-fmnist"),
-    Entry("nextscale", "nextscale-fmnist"),
-]
+# Presets of matched size (registry.py: within 2% of nestar-fmnist's 6.8M parameters), one per family.
+MODEL_ENTRIES = [Entry(spec.name, spec.presets["fmnist"]) for spec in MODEL_SPECS.values()]
 # Each ablation changes one setting of nestar-fmnist; sizes are adjusted only where the change would
 # otherwise alter the parameter count (k=2 has 6 modules instead of 3; the joint head's transformer
 # blocks are wider than MLP blocks). Ordered by priority: a bench cut short has the first ones.
 ABLATION_ENTRIES = [
     # the issue-13 levers against seams and the raster-AR gap (docs/design.md, "Seams")
-    Entry("nestar-nonbr", "nestar-fmnist", ("model.neighbour_context=false",), "queries: known neighbours vs position only"),
-    Entry("nestar-tokenloss", "nestar-fmnist", ("model.loss_weighting=token",), "loss: per-module vs per-token mean"),
-    Entry("nestar-offset2", "nestar-fmnist", ("model.order_offset=2",), "lattice offset: 0 vs 2 (quadrant centres)"),
-    Entry("nestar-rasterinit", "nestar-fmnist", ("model.embed_init=raster",), "embedding init: default vs raster's"),
-    Entry("nestar-depths246", "nestar-fmnist", ("model.module_depths=(2,4,6)",), "capacity: depths 4/4/4 vs 2/4/6"),
-    Entry("nestar-boundarynoise", "nestar-fmnist", ("model.prefix_noise_mode=boundary", "model.prefix_noise=0.2",
-                                                    "model.sample_prefix_noise=0.05"),
-          "coordination: none vs boundary noise (U(0, 0.2), 0.05 at sampling, level told)"),
+    Entry(
+        "nestar-nonbr",
+        "nestar-fmnist",
+        ("model.neighbour_context=false",),
+        "queries: known neighbours vs position only",
+    ),
+    Entry(
+        "nestar-tokenloss",
+        "nestar-fmnist",
+        ("model.loss_weighting=token",),
+        "loss: per-module vs per-token mean",
+    ),
+    Entry(
+        "nestar-offset2",
+        "nestar-fmnist",
+        ("model.order_offset=2",),
+        "lattice offset: 0 vs 2 (quadrant centres)",
+    ),
+    Entry(
+        "nestar-rasterinit",
+        "nestar-fmnist",
+        ("model.embed_init=raster",),
+        "embedding init: default vs raster's",
+    ),
+    Entry(
+        "nestar-depths246",
+        "nestar-fmnist",
+        ("model.module_depths=(2,4,6)",),
+        "capacity: depths 4/4/4 vs 2/4/6",
+    ),
+    Entry(
+        "nestar-boundarynoise",
+        "nestar-fmnist",
+        (
+            "model.prefix_noise_mode=boundary",
+            "model.prefix_noise=0.2",
+            "model.sample_prefix_noise=0.05",
+        ),
+        "coordination: none vs boundary noise (U(0, 0.2), 0.05 at sampling, level told)",
+    ),
     Entry("nestar-zorder", "nestar-fmnist", ("model.order=zorder",), "order: lattice vs zorder"),
-    Entry("nestar-prefixnoise", "nestar-fmnist", ("model.prefix_noise=0.3",), "prefix noise: off vs 0.3"),
-    Entry("nestar-jointhead", "nestar-fmnist", ("model.head.kind=joint", "model.head.width=128"),
-          "head: per-token MLP (256 x 3) vs joint patch transformer (128 x 3)"),
+    Entry(
+        "nestar-prefixnoise",
+        "nestar-fmnist",
+        ("model.prefix_noise=0.3",),
+        "prefix noise: off vs 0.3",
+    ),
+    Entry(
+        "nestar-jointhead",
+        "nestar-fmnist",
+        ("model.head.kind=joint", "model.head.width=128"),
+        "head: per-token MLP (256 x 3) vs joint patch transformer (128 x 3)",
+    ),
     Entry("nestar-k2", "nestar-fmnist", ("model.k=2", "model.depth=2"), "k: 4 vs 2"),
-    Entry("nestar-first-small", "nestar-fmnist", ("model.module_depths=(1,4,4)",), "first module: depth 4 vs 1 vs 8"),
-    Entry("nestar-first-large", "nestar-fmnist", ("model.module_depths=(8,4,4)",), "first module: depth 4 vs 1 vs 8"),
+    Entry(
+        "nestar-first-small",
+        "nestar-fmnist",
+        ("model.module_depths=(1,4,4)",),
+        "first module: depth 4 vs 1 vs 8",
+    ),
+    Entry(
+        "nestar-first-large",
+        "nestar-fmnist",
+        ("model.module_depths=(8,4,4)",),
+        "first module: depth 4 vs 1 vs 8",
+    ),
 ]
-QUICK_ENTRIES = [Entry(n.split("-")[0], n) for n in ("nestar-tiny", "raster-tiny", "mar-tiny", "arinar-tiny",
-                                                      "nextscale-tiny")]
-QUICK_ABLATIONS = [Entry("nestar-zorder", "nestar-tiny", ("model.order=zorder",), "order: lattice vs zorder")]
+QUICK_ENTRIES = [Entry(spec.name, spec.presets["tiny"]) for spec in MODEL_SPECS.values()]
+QUICK_ABLATIONS = [
+    Entry("nestar-zorder", "nestar-tiny", ("model.order=zorder",), "order: lattice vs zorder")
+]
 
 
 @dataclass
@@ -79,9 +128,13 @@ class QualityOptions:
     num_eval: int = 1000
     seed: int = 0
     batch_size: int = 64
-    overrides: list[str] = field(default_factory=list)  # applied to every entry (e.g. train.steps=100)
+    overrides: list[str] = field(
+        default_factory=list
+    )  # applied to every entry (e.g. train.steps=100)
     quick: bool = False  # tiny presets: a smoke test of the whole harness
-    train_seeds: tuple[int, ...] = (0,)  # one trained model per seed and entry; tables give mean +- std
+    train_seeds: tuple[int, ...] = (
+        0,
+    )  # one trained model per seed and entry; tables give mean +- std
     kid_subset_size: int = 1000
     progress: bool = True
 
@@ -113,7 +166,9 @@ def entry_config(entry: Entry, opts: QualityOptions, train_seed: int = 0):
     from nestar.registry import get_preset
 
     seed = [f"train.seed={train_seed}"] if train_seed else []
-    return apply_overrides(get_preset(entry.preset), list(entry.overrides) + list(opts.overrides) + seed)
+    return apply_overrides(
+        get_preset(entry.preset), list(entry.overrides) + list(opts.overrides) + seed
+    )
 
 
 def _seed_slug(entry: Entry, train_seed: int) -> str:
@@ -154,18 +209,33 @@ class _Evaluator:
         self.extractor = build_extractor("classifier", data_cfg, progress=progress)
         self.ref = reference_stats(data_cfg, self.extractor, split="test", progress=progress)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, kid_subset_size: int,
-                 seam_patch_size: Optional[int] = None) -> tuple[dict, float]:
+    def __call__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        kid_subset_size: int,
+        seam_patch_size: Optional[int] = None,
+    ) -> tuple[dict, float]:
         from nestar.evaluation.suite import compute_metrics
 
         t0 = time.perf_counter()
         feats, logits = self.extractor.extract(images)
-        metrics = compute_metrics(feats, logits, labels, self.ref, class_logits=logits,
-                                  kid_subset_size=kid_subset_size, images=images, seam_patch_size=seam_patch_size)
+        metrics = compute_metrics(
+            feats,
+            logits,
+            labels,
+            self.ref,
+            class_logits=logits,
+            kid_subset_size=kid_subset_size,
+            images=images,
+            seam_patch_size=seam_patch_size,
+        )
         return metrics, time.perf_counter() - t0
 
 
-def real_floor(evaluator: _Evaluator, n: int, seed: int, kid_subset_size: int, seam_patch_size: Optional[int]) -> dict:
+def real_floor(
+    evaluator: _Evaluator, n: int, seed: int, kid_subset_size: int, seam_patch_size: Optional[int]
+) -> dict:
     """The same metrics for `n` random real train images against the test statistics."""
     from nestar.data import build_dataset, to_float
 
@@ -179,8 +249,13 @@ def real_floor(evaluator: _Evaluator, n: int, seed: int, kid_subset_size: int, s
     return {"name": "real (train split)", "group": "models", "num_eval": n, "metrics": metrics}
 
 
-def run_entry(entry: Entry, opts: QualityOptions, evaluator: _Evaluator, log: Callable[[str], None],
-              train_seed: int = 0) -> dict:
+def run_entry(
+    entry: Entry,
+    opts: QualityOptions,
+    evaluator: _Evaluator,
+    log: Callable[[str], None],
+    train_seed: int = 0,
+) -> dict:
     """Train (or resume), sample `num_eval` images, evaluate, save a grid; cached by config.
 
     Training seed s samples with seed `opts.seed + s`, so the spread over seeds holds both the
@@ -193,22 +268,32 @@ def run_entry(entry: Entry, opts: QualityOptions, evaluator: _Evaluator, log: Ca
     from nestar.utils.images import save_grid
 
     cfg = entry_config(entry, opts, train_seed)
-    cfg_dict = {k: v for k, v in to_dict(cfg).items() if k != "history"}  # a record, not a setting: keeps old keys valid
+    cfg_dict = {
+        k: v for k, v in to_dict(cfg).items() if k != "history"
+    }  # a record, not a setting: keeps old keys valid
     out = Path(opts.out)
     slug = _seed_slug(entry, train_seed)
     sample_seed = opts.seed + train_seed
     cache = out / "entries" / f"{slug}.json"
     # The extractor's identity (weights hash included) is part of the key: figures scored by another
     # network (e.g. a classifier retrained on another machine) are recomputed, never mixed in one table.
-    key = {"config": cfg_dict, "num_eval": opts.num_eval, "seed": sample_seed, "batch_size": opts.batch_size,
-           "kid_subset_size": opts.kid_subset_size, "extractor": evaluator.extractor.identity}
+    key = {
+        "config": cfg_dict,
+        "num_eval": opts.num_eval,
+        "seed": sample_seed,
+        "batch_size": opts.batch_size,
+        "kid_subset_size": opts.kid_subset_size,
+        "extractor": evaluator.extractor.identity,
+    }
     if cache.is_file():
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
             log(f"-- {entry.name}: cached ({cache})")
             return cached
     run_dir = Path(opts.runs_dir) / slug
-    log(f"-- {entry.name} (train seed {train_seed}): training {cfg.preset} {' '.join(entry.overrides)} -> {run_dir}")
+    log(
+        f"-- {entry.name} (train seed {train_seed}): training {cfg.preset} {' '.join(entry.overrides)} -> {run_dir}"
+    )
     result = Trainer(cfg, run_dir, progress=opts.progress).fit()
     pipe = Pipeline.from_pretrained(run_dir)
     n_cls = cfg.data.num_classes
@@ -218,28 +303,50 @@ def run_entry(entry: Entry, opts: QualityOptions, evaluator: _Evaluator, log: Ca
     t0 = time.perf_counter()
     sample = pipe(labels, generator=gen, batch_size=opts.batch_size)
     sample_s = time.perf_counter() - t0
-    metrics, eval_s = evaluator(sample.images, labels, opts.kid_subset_size, seam_patch_size=_seam_patch(cfg))
+    metrics, eval_s = evaluator(
+        sample.images, labels, opts.kid_subset_size, seam_patch_size=_seam_patch(cfg)
+    )
     order = torch.argsort(labels, stable=True)  # one row per class for the grid
     per_class = min(10, opts.num_eval // n_cls) or 1
     grid_idx = torch.cat([order[labels[order] == c][:per_class] for c in range(n_cls)])
-    grid = save_grid(sample.images[grid_idx], out / "grids" / f"{slug}.png", nrow=per_class, scale=2)
+    grid = save_grid(
+        sample.images[grid_idx], out / "grids" / f"{slug}.png", nrow=per_class, scale=2
+    )
     s = cfg.sample
     row = {
-        "name": entry.name, "group": entry.group, "preset": cfg.preset, "overrides": list(entry.overrides),
+        "name": entry.name,
+        "group": entry.group,
+        "preset": cfg.preset,
+        "overrides": list(entry.overrides),
         "train_seed": train_seed,
-        "model_type": cfg.model_type, "params_M": round(pipe.model.num_params() / 1e6, 3),
-        "sequential_steps": sample.sequential_steps, "train_steps": result.steps,
-        "train_batch": cfg.train.batch_size, "train_seconds": _train_seconds(run_dir),
-        "sample_ms_per_image": round(sample_s * 1000 / opts.num_eval, 2), "eval_seconds": round(eval_s, 1),
-        "num_eval": opts.num_eval, "metrics": metrics, "grid": str(grid), "run_dir": str(run_dir),
-        "sampling": {"cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature,
-                     "head_steps": s.num_steps, "seed": sample_seed, "batch_size": opts.batch_size},
+        "model_type": cfg.model_type,
+        "params_M": round(pipe.model.num_params() / 1e6, 3),
+        "sequential_steps": sample.sequential_steps,
+        "train_steps": result.steps,
+        "train_batch": cfg.train.batch_size,
+        "train_seconds": _train_seconds(run_dir),
+        "sample_ms_per_image": round(sample_s * 1000 / opts.num_eval, 2),
+        "eval_seconds": round(eval_s, 1),
+        "num_eval": opts.num_eval,
+        "metrics": metrics,
+        "grid": str(grid),
+        "run_dir": str(run_dir),
+        "sampling": {
+            "cfg": s.cfg,
+            "cfg_schedule": s.cfg_schedule,
+            "temperature": s.temperature,
+            "head_steps": s.num_steps,
+            "seed": sample_seed,
+            "batch_size": opts.batch_size,
+        },
         "key": key,
     }
     save_json(row, cache)
     m = metrics
-    log(f"   FID {m['fid']:.2f} precision {m['precision']:.3f} recall {m['recall']:.3f} "
-        f"class agreement {m['class_agreement']:.1%} ({row['sample_ms_per_image']} ms/img)")
+    log(
+        f"   FID {m['fid']:.2f} precision {m['precision']:.3f} recall {m['recall']:.3f} "
+        f"class agreement {m['class_agreement']:.1%} ({row['sample_ms_per_image']} ms/img)"
+    )
     return row
 
 
@@ -252,34 +359,61 @@ def run_quality(opts: QualityOptions, log: Callable[[str], None] = print) -> dic
     t0 = time.perf_counter()
     first = entry_config(entries[0], opts)
     evaluator = _Evaluator(first.data, opts.progress)
-    rows = [real_floor(evaluator, opts.num_eval, opts.seed, opts.kid_subset_size, _seam_patch(first))]
+    rows = [
+        real_floor(evaluator, opts.num_eval, opts.seed, opts.kid_subset_size, _seam_patch(first))
+    ]
     for e in entries:
         for seed in opts.train_seeds:
             rows.append(run_entry(e, opts, evaluator, log, seed))
-    return {"rows": rows, "summary": summarize(rows), "train_seeds": list(opts.train_seeds), "num_eval": opts.num_eval, "suites": list(opts.suites), "overrides": opts.overrides,
-            "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "extractor": evaluator.extractor.describe(), "reference_images": evaluator.ref.num_images}
+    return {
+        "rows": rows,
+        "summary": summarize(rows),
+        "train_seeds": list(opts.train_seeds),
+        "num_eval": opts.num_eval,
+        "suites": list(opts.suites),
+        "overrides": opts.overrides,
+        "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "extractor": evaluator.extractor.describe(),
+        "reference_images": evaluator.ref.num_images,
+    }
 
 
-SUMMARY_METRICS = ("fid", "precision", "recall", "class_agreement", "within_class_diversity", "seam")
+SUMMARY_METRICS = (
+    "fid",
+    "precision",
+    "recall",
+    "class_agreement",
+    "within_class_diversity",
+    "seam",
+)
 
 
 def summarize(rows: list[dict]) -> dict[str, dict]:
     """Per entry name: the training seeds, and mean / sample std / per-seed values of each metric."""
     out: dict[str, dict] = {}
     for r in rows:
-        e = out.setdefault(r["name"], {"group": r["group"], "seeds": [], "num_eval": r.get("num_eval"), "values": {}})
+        e = out.setdefault(
+            r["name"],
+            {"group": r["group"], "seeds": [], "num_eval": r.get("num_eval"), "values": {}},
+        )
         e["seeds"].append(r.get("train_seed", 0))
         for k in SUMMARY_METRICS:
             v = r["metrics"].get(k)
-            e["values"].setdefault(k, []).append(None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+            e["values"].setdefault(k, []).append(
+                None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+            )
     for e in out.values():
         e["mean"], e["std"] = {}, {}
         for k, vs in e["values"].items():
             xs = [v for v in vs if v is not None]
             e["mean"][k] = sum(xs) / len(xs) if xs else None
-            e["std"][k] = (math.sqrt(sum((x - e["mean"][k]) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None)
+            e["std"][k] = (
+                math.sqrt(sum((x - e["mean"][k]) ** 2 for x in xs) / (len(xs) - 1))
+                if len(xs) > 1
+                else None
+            )
     return out
 
 
@@ -293,10 +427,22 @@ def summary_table(summary: dict[str, dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, e in summary.items():
         m, sd = e["mean"], e["std"]
-        lines.append("| " + " | ".join([name, str(len(e["seeds"])), str(e["num_eval"]), _pm(m["fid"], sd["fid"], ".2f"),
-                                        _pm(m["precision"], sd["precision"], ".3f"), _pm(m["recall"], sd["recall"], ".3f"),
-                                        _pm(m["class_agreement"], sd["class_agreement"], ".3f"),
-                                        _pm(m["seam"], sd["seam"], ".2f")]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    str(len(e["seeds"])),
+                    str(e["num_eval"]),
+                    _pm(m["fid"], sd["fid"], ".2f"),
+                    _pm(m["precision"], sd["precision"], ".3f"),
+                    _pm(m["recall"], sd["recall"], ".3f"),
+                    _pm(m["class_agreement"], sd["class_agreement"], ".3f"),
+                    _pm(m["seam"], sd["seam"], ".2f"),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -310,15 +456,36 @@ def _row_cells(r: dict) -> list[str]:
     m = r["metrics"]
     train = r.get("train_seconds")
     name = r["name"] + (f" (seed {r['train_seed']})" if r.get("train_seed") else "")
-    return [name, _fmt(r.get("params_M"), ".2f"), _fmt(r.get("sequential_steps"), "d"),
-            _fmt(m["fid"], ".2f"), _fmt(m["kid_mean"] * 1e3 if m["kid_mean"] is not None else None, ".2f"),
-            _fmt(m["precision"], ".3f"), _fmt(m["recall"], ".3f"), _fmt(m["class_agreement"], ".1%"),
-            _fmt(m["within_class_diversity"], ".2f"), _fmt(m.get("seam"), ".2f"), _fmt(r.get("sample_ms_per_image"), ".1f"),
-            _fmt(train / 60 if train else None, ".1f")]
+    return [
+        name,
+        _fmt(r.get("params_M"), ".2f"),
+        _fmt(r.get("sequential_steps"), "d"),
+        _fmt(m["fid"], ".2f"),
+        _fmt(m["kid_mean"] * 1e3 if m["kid_mean"] is not None else None, ".2f"),
+        _fmt(m["precision"], ".3f"),
+        _fmt(m["recall"], ".3f"),
+        _fmt(m["class_agreement"], ".1%"),
+        _fmt(m["within_class_diversity"], ".2f"),
+        _fmt(m.get("seam"), ".2f"),
+        _fmt(r.get("sample_ms_per_image"), ".1f"),
+        _fmt(train / 60 if train else None, ".1f"),
+    ]
 
 
-HEADER = ["model", "params (M)", "seq. steps", "FID", "KID x1e3", "precision", "recall", "class agr.",
-          "diversity", "seam", "ms/img (b64)", "train min"]
+HEADER = [
+    "model",
+    "params (M)",
+    "seq. steps",
+    "FID",
+    "KID x1e3",
+    "precision",
+    "recall",
+    "class agr.",
+    "diversity",
+    "seam",
+    "ms/img (b64)",
+    "train min",
+]
 
 
 def markdown_report(result: dict) -> str:
@@ -327,20 +494,33 @@ def markdown_report(result: dict) -> str:
     rows = result["rows"]
     lines = []
     if len(result.get("train_seeds", [0])) > 1:
-        lines += ["**Mean ± std over training seeds**", "", summary_table(result["summary"]).rstrip("\n"), "",
-                  "**Per seed**", ""]
+        lines += [
+            "**Mean ± std over training seeds**",
+            "",
+            summary_table(result["summary"]).rstrip("\n"),
+            "",
+            "**Per seed**",
+            "",
+        ]
     lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in rows:
         if r["group"] == "models":
             lines.append("| " + " | ".join(_row_cells(r)) + " |")
     ref = next((r for r in rows if r["name"] in ("nestar",) and r["group"] == "models"), None)
     for group in dict.fromkeys(r["group"] for r in rows if r["group"] != "models"):
-        lines += ["", f"**Ablation, {group}**", "", "| " + " | ".join(["arm"] + HEADER[1:]) + " |",
-                  "|" + "---|" * len(HEADER)]
+        lines += [
+            "",
+            f"**Ablation, {group}**",
+            "",
+            "| " + " | ".join(["arm"] + HEADER[1:]) + " |",
+            "|" + "---|" * len(HEADER),
+        ]
         arms = ([ref] if ref else []) + [r for r in rows if r["group"] == group]
         for r in arms:
             cells = _row_cells(r)
-            cells[0] = r["name"] + (" " + " ".join(r.get("overrides", [])) if r.get("overrides") else " (default)")
+            cells[0] = r["name"] + (
+                " " + " ".join(r.get("overrides", [])) if r.get("overrides") else " (default)"
+            )
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -349,7 +529,11 @@ def montage(rows: list[dict], path: str | Path) -> Optional[Path]:
     """The sample grid of every entry side by side, each titled with its name and FID."""
     from PIL import Image, ImageDraw
 
-    tiles = [(r, Image.open(r["grid"]).convert("RGB")) for r in rows if r.get("grid") and Path(r["grid"]).is_file()]
+    tiles = [
+        (r, Image.open(r["grid"]).convert("RGB"))
+        for r in rows
+        if r.get("grid") and Path(r["grid"]).is_file()
+    ]
     if not tiles:
         return None
     pad, title = 8, 16
@@ -387,13 +571,25 @@ def plot_tradeoffs(rows: list[dict], path: str | Path) -> Optional[Path]:
     steps = [r["sequential_steps"] for r in pts if r.get("sequential_steps")] or [1]
     fids = [r["metrics"]["fid"] for r in pts]
     panels = [
-        ("FID (lower is better) vs sequential steps (log)",
-         lambda r: (math.log2(r["sequential_steps"]) if r.get("sequential_steps") else None, r["metrics"]["fid"]),
-         (math.log2(min(steps)) - 0.5, math.log2(max(steps)) + 0.5), (0.0, max(fids) * 1.1 + 1e-9),
-         None, lambda v: f"{v:.1f}"),
-        ("precision vs recall (higher is better)",
-         lambda r: (r["metrics"]["recall"], r["metrics"]["precision"]), (0.0, 1.0), (0.0, 1.0),
-         lambda v: f"{v:.2f}", lambda v: f"{v:.2f}"),
+        (
+            "FID (lower is better) vs sequential steps (log)",
+            lambda r: (
+                math.log2(r["sequential_steps"]) if r.get("sequential_steps") else None,
+                r["metrics"]["fid"],
+            ),
+            (math.log2(min(steps)) - 0.5, math.log2(max(steps)) + 0.5),
+            (0.0, max(fids) * 1.1 + 1e-9),
+            None,
+            lambda v: f"{v:.1f}",
+        ),
+        (
+            "precision vs recall (higher is better)",
+            lambda r: (r["metrics"]["recall"], r["metrics"]["precision"]),
+            (0.0, 1.0),
+            (0.0, 1.0),
+            lambda v: f"{v:.2f}",
+            lambda v: f"{v:.2f}",
+        ),
     ]
     for pi, (title, xy, (xlo, xhi), (ylo, yhi), xl, yl) in enumerate(panels):
         x0, y0, x1, y1 = pi * pw + 60, 40, pi * pw + pw - 30, H - 50
@@ -404,8 +600,11 @@ def plot_tradeoffs(rows: list[dict], path: str | Path) -> Optional[Path]:
             yv = ylo + (yhi - ylo) * i / 4
             d.text((x0 - 40, py(yv) - 6), yl(yv), fill="black", font=font)
             d.line([x0 + 1, py(yv), x1 - 1, py(yv)], fill=(235, 235, 235))
-        xticks = ([(xlo + (xhi - xlo) * i / 4, xl(xlo + (xhi - xlo) * i / 4)) for i in range(5)] if xl else
-                  [(e, str(2 ** e)) for e in range(math.ceil(xlo), math.floor(xhi) + 1)])
+        xticks = (
+            [(xlo + (xhi - xlo) * i / 4, xl(xlo + (xhi - xlo) * i / 4)) for i in range(5)]
+            if xl
+            else [(e, str(2**e)) for e in range(math.ceil(xlo), math.floor(xhi) + 1)]
+        )
         for xv, label in xticks:
             d.text((px(xv) - 6, y1 + 6), label, fill="black", font=font)
         d.rectangle([x0, y0, x1, y1], outline="black")
@@ -440,10 +639,20 @@ def write_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
     if (p := plot_tradeoffs(result["rows"], out / "tradeoffs.png")) is not None:
         paths["tradeoffs_png"] = p
     ablations = [r for r in result["rows"] if r["group"] != "models" or r["name"] == "nestar"]
-    if any(r["group"] != "models" for r in ablations) and (p := montage(ablations, out / "ablations.png")):
+    if any(r["group"] != "models" for r in ablations) and (
+        p := montage(ablations, out / "ablations.png")
+    ):
         paths["ablations_png"] = p
     return paths
 
 
-__all__ = ["ABLATION_ENTRIES", "Entry", "MODEL_ENTRIES", "QualityOptions", "entries_for", "markdown_report",
-           "run_quality", "write_report"]
+__all__ = [
+    "ABLATION_ENTRIES",
+    "Entry",
+    "MODEL_ENTRIES",
+    "QualityOptions",
+    "entries_for",
+    "markdown_report",
+    "run_quality",
+    "write_report",
+]

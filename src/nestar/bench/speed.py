@@ -26,6 +26,7 @@ Models are randomly initialised unless a checkpoint is given (weights do not cha
 The tokenizer decode is excluded (the pixel-patch tokenizer is a reshape).
 Ratios are against the first NestAR row of the same run; never compare numbers across runs.
 """
+
 from __future__ import annotations
 
 import csv
@@ -46,7 +47,6 @@ import torch
 
 from nestar.utils.precision import resolve_precision
 
-DEFAULT_FAMILIES = ("nestar", "raster", "mar", "arinar", "nextscale")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -54,14 +54,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class SpeedOptions:
     """Harness settings; None fields take their defaults from `quick` (see `resolved`)."""
 
-    presets: Optional[list[str]] = None  # None: '<family>-s' (or '-tiny' with quick) of DEFAULT_FAMILIES
+    presets: Optional[list[str]] = None  # None: every family's 's' preset ('tiny' with quick)
     out: str = "benchmarks/results/speed"
     device: str = "auto"
     dtype: str = "auto"  # weights' dtype; 'auto': bfloat16 where the hardware runs bf16 natively, else float32
     threads: Optional[int] = None  # None: leave torch's setting
     repeats: Optional[int] = None  # timed calls per measurement (default 5, quick 2)
     warmup: Optional[int] = None  # untimed calls first (default 2, quick 1)
-    throughput_warmup: Optional[int] = None  # untimed calls at the throughput batch (default: warmup)
+    throughput_warmup: Optional[int] = (
+        None  # untimed calls at the throughput batch (default: warmup)
+    )
     batch_latency: int = 1
     batch_throughput: Optional[int] = None  # default 64, quick 8
     flops_batch: int = 2
@@ -74,8 +76,11 @@ class SpeedOptions:
     overrides: list[str] = field(default_factory=list)  # --section.key=value for every preset
     load: dict[str, str] = field(default_factory=dict)  # preset/label -> checkpoint or run dir
     seed: int = 0
+    flops_only: bool = False  # parameters and FLOPs only: nothing timed, no machine peak
     peak_size: Optional[int] = None  # square matmul of the machine's peak (default 1024, quick 256)
-    peak_seconds: Optional[float] = None  # per dtype, before and after the models (default 1.0, quick 0.1; 0: skip)
+    peak_seconds: Optional[float] = (
+        None  # per dtype, before and after (default 1.0, quick 0.1; 0: skip)
+    )
 
     def resolved(self) -> "SpeedOptions":
         d = asdict(self)
@@ -83,11 +88,15 @@ class SpeedOptions:
         d["repeats"] = self.repeats or (2 if q else 5)
         d["warmup"] = self.warmup if self.warmup is not None else (1 if q else 2)
         d["batch_throughput"] = self.batch_throughput or (8 if q else 64)
-        d["throughput_warmup"] = self.throughput_warmup if self.throughput_warmup is not None else d["warmup"]
+        d["throughput_warmup"] = (
+            self.throughput_warmup if self.throughput_warmup is not None else d["warmup"]
+        )
         d["growth_repeats"] = self.growth_repeats or min(d["repeats"], 3)
         d["grids"] = tuple(self.grids)
         d["peak_size"] = self.peak_size or (256 if q else 1024)
-        d["peak_seconds"] = self.peak_seconds if self.peak_seconds is not None else (0.1 if q else 1.0)
+        d["peak_seconds"] = (
+            self.peak_seconds if self.peak_seconds is not None else (0.1 if q else 1.0)
+        )
         if self.dtype not in (*DTYPES, "auto"):
             raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
         return SpeedOptions(**d)
@@ -105,16 +114,11 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def default_presets(quick: bool) -> tuple[list[str], list[str]]:
-    """(registered presets to run, notes about the families that are not registered)."""
-    from nestar.registry import PRESETS
+def default_presets(quick: bool) -> list[str]:
+    """Every registered family's matched small preset ('s'), or its 'tiny' one with `quick`."""
+    from nestar.models import MODEL_SPECS
 
-    suffix = "-tiny" if quick else "-s"
-    names, notes = [], []
-    for fam in DEFAULT_FAMILIES:
-        name = fam + suffix
-        (names if name in PRESETS else notes).append(name)
-    return names, [f"{n}: not registered, skipped" for n in notes]
+    return [spec.presets["tiny" if quick else "s"] for spec in MODEL_SPECS.values()]
 
 
 def _rss_bytes() -> int:
@@ -152,7 +156,9 @@ class _PeakRSS:
         self.delta = self.peak - self.base
 
 
-def _timed(fn: Callable[[], Any], repeats: int, warmup: int, dev: torch.device) -> tuple[list[float], Any]:
+def _timed(
+    fn: Callable[[], Any], repeats: int, warmup: int, dev: torch.device
+) -> tuple[list[float], Any]:
     """Seconds of each of `repeats` calls after `warmup` untimed ones, and the last call's output."""
     out = None
     for _ in range(warmup):
@@ -183,7 +189,7 @@ class _HeadCounter:
 
             def wrapped(z_NZ, *a, _orig=orig, _h=h, **kw):
                 nfe = _h.nfe(kw.get("num_steps"))
-                guided = kw.get("z_uncond_NZ") is not None and kw.get("cfg", 1.0) != 1.0
+                guided = kw.get("z_uncond_NZ") is not None and kw.get("guidance_scale", 1.0) != 1.0
                 self.calls += 1
                 self.seq_nfe += nfe
                 self.token_nfe += z_NZ.shape[0] * nfe * (2 if guided else 1)
@@ -235,12 +241,34 @@ def _sample_fn(model, cfg, opts: SpeedOptions, batch: int, dev: torch.device) ->
     def fn():
         gen = torch.Generator(device=dev).manual_seed(opts.seed)
         with torch.no_grad():
-            return model.sample(labels, cfg=w, cfg_schedule=opts.cfg_schedule, temperature=1.0, num_steps=steps, generator=gen)
+            return model.sample(
+                labels,
+                guidance_scale=w,
+                cfg_schedule=opts.cfg_schedule,
+                temperature=1.0,
+                num_steps=steps,
+                generator=gen,
+            )
 
     return fn
 
 
 # ----- measuring -----------------------------------------------------------------------------------
+def count_preset_flops(name: str, opts: SpeedOptions, dev: torch.device) -> dict:
+    """Parameters and GFLOPs per image of one preset, nothing timed (`--flops-only`: FLOP counts
+    do not depend on the machine's load, so they can be re-counted on a busy machine)."""
+    from nestar.bench.flops import count_flops
+
+    cfg, model = _build(name, opts, dev)
+    fn = _sample_fn(model, cfg, opts, opts.flops_batch, dev)
+    return {
+        "preset": name,
+        "model_type": cfg.model_type,
+        "params_M": model.num_params() / 1e6,
+        "gflops_per_img": count_flops(fn) / opts.flops_batch / 1e9,
+    }
+
+
 def measure_preset(name: str, opts: SpeedOptions, dev: torch.device) -> tuple[dict, Any]:
     """The main row of one preset (or loaded checkpoint) and its resolved config."""
     from nestar.bench.flops import count_flops
@@ -268,9 +296,13 @@ def measure_preset(name: str, opts: SpeedOptions, dev: torch.device) -> tuple[di
 
     fb = opts.flops_batch
     fl = _sample_fn(model, cfg, opts, fb, dev)
-    row["gflops_per_img"] = count_flops(fl) / fb / 1e9  # attention included on CPU too (bench/flops.py)
+    row["gflops_per_img"] = (
+        count_flops(fl) / fb / 1e9
+    )  # attention included on CPU too (bench/flops.py)
 
-    lat, _ = _timed(_sample_fn(model, cfg, opts, opts.batch_latency, dev), opts.repeats, opts.warmup, dev)
+    lat, _ = _timed(
+        _sample_fn(model, cfg, opts, opts.batch_latency, dev), opts.repeats, opts.warmup, dev
+    )
     row["latency_ms"] = statistics.median(lat) * 1e3  # per call at batch_latency
     bt = opts.batch_throughput
     thr_fn = _sample_fn(model, cfg, opts, bt, dev)
@@ -310,8 +342,14 @@ def measure_growth(name: str, base_cfg: Any, opts: SpeedOptions, dev: torch.devi
             cfg = load_run_config(to_dict(base_cfg), [f"--tokenizer.patch_size={image_size // g}"])
             model = _random_model(cfg, opts, dev)
             fn = _sample_fn(model, cfg, opts, 1, dev)
-            t, out = _timed(fn, opts.growth_repeats, 1, dev)  # minutes per call at 32x32 on a CPU: no extra call
-            r.update(seq_steps=int(out.sequential_steps), ms_per_img=statistics.median(t) * 1e3, params_M=model.num_params() / 1e6)
+            t, out = _timed(
+                fn, opts.growth_repeats, 1, dev
+            )  # minutes per call at 32x32 on a CPU: no extra call
+            r.update(
+                seq_steps=int(out.sequential_steps),
+                ms_per_img=statistics.median(t) * 1e3,
+                params_M=model.num_params() / 1e6,
+            )
             del model
         except Exception as e:  # a model may not support a grid (e.g. k^M != n): record, go on
             r["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
@@ -348,7 +386,8 @@ def environment(opts: SpeedOptions, dev: torch.device) -> dict:
         "cfg": "per preset" if opts.cfg is None else opts.cfg,
         "cfg_schedule": opts.cfg_schedule,
         "head_steps": "per preset" if opts.head_steps is None else opts.head_steps,
-        "memory": "torch.cuda.max_memory_allocated (weights included)" if dev.type == "cuda"
+        "memory": "torch.cuda.max_memory_allocated (weights included)"
+        if dev.type == "cuda"
         else "peak RSS increase during the call (weights excluded; sampled every 1 ms)",
         "decode": "excluded (pixel-patch tokenizer)",
         "quick": opts.quick,
@@ -360,8 +399,14 @@ def environment(opts: SpeedOptions, dev: torch.device) -> dict:
 def add_ratios(rows: list[dict]) -> None:
     """x_vs_nestar = value / the first NestAR row's value (for time: >1 means slower than NestAR)."""
     ref = next((r for r in rows if r.get("model_type") == "nestar"), None)
-    keys = {"seq_steps": "steps_vs_nestar", "total_seq_evals": "seq_evals_vs_nestar", "gflops_per_img": "gflops_vs_nestar",
-            "latency_ms": "latency_vs_nestar", "throughput_img_s": "throughput_vs_nestar", "params_M": "params_vs_nestar"}
+    keys = {
+        "seq_steps": "steps_vs_nestar",
+        "total_seq_evals": "seq_evals_vs_nestar",
+        "gflops_per_img": "gflops_vs_nestar",
+        "latency_ms": "latency_vs_nestar",
+        "throughput_img_s": "throughput_vs_nestar",
+        "params_M": "params_vs_nestar",
+    }
     for r in rows:
         for k, rk in keys.items():
             if ref is None or "error" in r or not ref.get(k):
@@ -380,13 +425,15 @@ def _machine_before(opts: SpeedOptions, dev: torch.device, log: Callable[[str], 
 
     snap = machine.snapshot(dev, _peak_dtypes(opts), opts.peak_size, opts.peak_seconds)
     peaks = ", ".join(f"{dt} {v:.1f}" for dt, v in snap["peak_gflops"].items()) or "not measured"
-    log(f"[bench] {machine.cpu_model()}; OMP_WAIT_POLICY {machine.omp_wait_policy()}; load average {snap['loadavg']}; "
-        f"matmul peak GFLOP/s: {peaks}")
+    log(
+        f"[bench] {machine.cpu_model()}; OMP_WAIT_POLICY {machine.omp_wait_policy()}; "
+        f"load average {snap['loadavg']}; matmul peak GFLOP/s: {peaks}"
+    )
     return snap
 
 
 def _machine_after(before: dict, rows: list[dict], opts: SpeedOptions, dev: torch.device) -> dict:
-    """The machine record (peaks again, busy warnings) and each row's achieved GFLOP/s and fraction of peak."""
+    """The machine record (peaks again, busy warnings); each row's achieved GFLOP/s and peak fraction."""
     from nestar.bench import machine
 
     after = machine.snapshot(dev, _peak_dtypes(opts), opts.peak_size, opts.peak_seconds)
@@ -403,7 +450,10 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     dev = _device(opts.device)
-    if opts.dtype in ("auto", "bfloat16"):  # bf16 only where native; forced bf16 where emulated warns
+    if opts.dtype in (
+        "auto",
+        "bfloat16",
+    ):  # bf16 only where native; forced bf16 where emulated warns
         prec = resolve_precision("auto" if opts.dtype == "auto" else "bf16", dev, "--dtype")
         opts = replace(opts, dtype="bfloat16" if prec.bf16 else "float32")
         log(f"[bench] {prec.describe()}")
@@ -416,9 +466,12 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict:
             else:
                 notes.append(f"{n}: not registered, skipped")
     else:
-        names, notes = default_presets(opts.quick)
+        names = default_presets(opts.quick)
     names += [n for n in opts.load if n not in names]
     env = environment(opts, dev)
+    if opts.flops_only:
+        rows = [count_preset_flops(n, opts, dev) for n in names]
+        return {"env": env, "rows": rows, "growth": [], "notes": notes}
     before = _machine_before(opts, dev, log)
     rows, growth = [], []
     for n in names:
@@ -443,24 +496,60 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict:
 
 # ----- reporting -----------------------------------------------------------------------------------
 MAIN_COLUMNS = [
-    ("preset", "preset", "{}"), ("model_type", "model", "{}"), ("params_M", "params (M)", "{:.2f}"),
-    ("grid", "grid", "{}"), ("seq_steps", "seq. steps", "{}"), ("head_nfe_per_token", "head NFE/token", "{}"),
-    ("head_nfe_seq", "head NFE seq./img", "{}"), ("total_seq_evals", "total seq. evals", "{}"),
-    ("gflops_per_img", "GFLOPs/img", "{:.3f}"), ("latency_ms", "latency b=1 (ms)", "{:.1f}"),
-    ("throughput_img_s", "throughput (img/s)", "{:.2f}"), ("peak_mem_mb", "peak mem (MB)", "{:.1f}"),
-    ("achieved_gflops_s", "achieved GFLOP/s", "{:.1f}"), ("peak_fraction", "of matmul peak", "{:.0%}"),
+    ("preset", "preset", "{}"),
+    ("model_type", "model", "{}"),
+    ("params_M", "params (M)", "{:.2f}"),
+    ("grid", "grid", "{}"),
+    ("seq_steps", "seq. steps", "{}"),
+    ("head_nfe_per_token", "head NFE/token", "{}"),
+    ("head_nfe_seq", "head NFE seq./img", "{}"),
+    ("total_seq_evals", "total seq. evals", "{}"),
+    ("gflops_per_img", "GFLOPs/img", "{:.3f}"),
+    ("latency_ms", "latency b=1 (ms)", "{:.1f}"),
+    ("throughput_img_s", "throughput (img/s)", "{:.2f}"),
+    ("peak_mem_mb", "peak mem (MB)", "{:.1f}"),
+    ("achieved_gflops_s", "achieved GFLOP/s", "{:.1f}"),
+    ("peak_fraction", "of matmul peak", "{:.0%}"),
 ]
 RATIO_COLUMNS = [
-    ("preset", "preset", "{}"), ("steps_vs_nestar", "steps", "{:.2f}x"), ("seq_evals_vs_nestar", "total seq. evals", "{:.2f}x"),
-    ("gflops_vs_nestar", "FLOPs", "{:.2f}x"), ("latency_vs_nestar", "latency", "{:.2f}x"),
-    ("throughput_vs_nestar", "throughput", "{:.2f}x"), ("params_vs_nestar", "params", "{:.2f}x"),
+    ("preset", "preset", "{}"),
+    ("steps_vs_nestar", "steps", "{:.2f}x"),
+    ("seq_evals_vs_nestar", "total seq. evals", "{:.2f}x"),
+    ("gflops_vs_nestar", "FLOPs", "{:.2f}x"),
+    ("latency_vs_nestar", "latency", "{:.2f}x"),
+    ("throughput_vs_nestar", "throughput", "{:.2f}x"),
+    ("params_vs_nestar", "params", "{:.2f}x"),
 ]
 CSV_COLUMNS = [
-    "preset", "model_type", "params_M", "grid", "tokens", "token_dim", "cfg", "head_steps", "seq_steps", "head_calls",
-    "head_nfe_per_token", "head_nfe_seq", "head_nfe_tokens", "total_seq_evals", "gflops_per_img", "latency_ms",
-    "throughput_img_s", "ms_per_img_batched", "peak_mem_mb", "achieved_gflops_s", "peak_fraction", "peak_fraction_fp32",
-    "steps_vs_nestar", "seq_evals_vs_nestar",
-    "gflops_vs_nestar", "latency_vs_nestar", "throughput_vs_nestar", "params_vs_nestar", "error",
+    "preset",
+    "model_type",
+    "params_M",
+    "grid",
+    "tokens",
+    "token_dim",
+    "cfg",
+    "head_steps",
+    "seq_steps",
+    "head_calls",
+    "head_nfe_per_token",
+    "head_nfe_seq",
+    "head_nfe_tokens",
+    "total_seq_evals",
+    "gflops_per_img",
+    "latency_ms",
+    "throughput_img_s",
+    "ms_per_img_batched",
+    "peak_mem_mb",
+    "achieved_gflops_s",
+    "peak_fraction",
+    "peak_fraction_fp32",
+    "steps_vs_nestar",
+    "seq_evals_vs_nestar",
+    "gflops_vs_nestar",
+    "latency_vs_nestar",
+    "throughput_vs_nestar",
+    "params_vs_nestar",
+    "error",
 ]
 GROWTH_COLUMNS = ["preset", "grid", "tokens", "seq_steps", "ms_per_img", "params_M", "error"]
 
@@ -496,21 +585,29 @@ def markdown_report(result: dict) -> str:
     env, rows, growth = result["env"], result["rows"], result["growth"]
     ok = [r for r in rows if "error" not in r]
     parts = ["# Speed benchmark", ""]
-    parts.append(f"{env['date']}; torch {env['torch']}; {env['device']} ({env['device_name']}); dtype {env['dtype']}; "
-                 f"{env['threads']} threads of {env['cpu_count']} CPUs; cfg {env['cfg']} ({env['cfg_schedule']}); "
-                 f"head steps {env['head_steps']}; {env['warmup']} warm-up + median of {env['repeats']} timed calls "
-                 f"({env.get('throughput_warmup', env['warmup'])} warm-up at the throughput batch); "
-                 f"latency at batch {env['batch_latency']}, throughput at batch {env['batch_throughput']}; "
-                 f"FLOPs at batch {env['flops_batch']}; memory: {env['memory']}; decode {env['decode']}."
-                 + (" QUICK (tiny configs)." if env["quick"] else ""))
+    parts.append(
+        f"{env['date']}; torch {env['torch']}; {env['device']} ({env['device_name']}); dtype {env['dtype']}; "
+        f"{env['threads']} threads of {env['cpu_count']} CPUs; cfg {env['cfg']} ({env['cfg_schedule']}); "
+        f"head steps {env['head_steps']}; {env['warmup']} warm-up + median of {env['repeats']} timed calls "
+        f"({env.get('throughput_warmup', env['warmup'])} warm-up at the throughput batch); "
+        f"latency at batch {env['batch_latency']}, throughput at batch {env['batch_throughput']}; "
+        f"FLOPs at batch {env['flops_batch']}; memory: {env['memory']}; decode {env['decode']}."
+        + (" QUICK (tiny configs)." if env["quick"] else "")
+    )
     if env.get("machine"):
         from nestar.bench.machine import markdown as machine_markdown
 
         parts += ["", machine_markdown(env["machine"], env["batch_throughput"])]
     parts += ["", "## Models", "", markdown_table(ok, MAIN_COLUMNS), ""]
     if any(r.get("steps_vs_nestar") is not None for r in ok):
-        parts += ["## Ratios vs NestAR (same run)", "", "Time and steps: >1 = more than NestAR; throughput: >1 = faster.", "",
-                  markdown_table(ok, RATIO_COLUMNS), ""]
+        parts += [
+            "## Ratios vs NestAR (same run)",
+            "",
+            "Time and steps: >1 = more than NestAR; throughput: >1 = faster.",
+            "",
+            markdown_table(ok, RATIO_COLUMNS),
+            "",
+        ]
     if growth:
         grids = sorted({g["grid"] for g in growth})
         cols = [("preset", "preset", "{}")]
@@ -523,19 +620,45 @@ def markdown_report(result: dict) -> str:
                     r[f"t{g['grid']}"] = g.get("ms_per_img", "err")
             table.append(r)
         for gsz in grids:
-            cols += [(f"s{gsz}", f"steps {gsz}x{gsz}", "{}"), (f"t{gsz}", f"ms/img {gsz}x{gsz}", "{:.1f}")]
-        parts += ["## Growth with the token grid (batch 1)", "", markdown_table(table, cols), "", "![growth](speed.png)", ""]
+            cols += [
+                (f"s{gsz}", f"steps {gsz}x{gsz}", "{}"),
+                (f"t{gsz}", f"ms/img {gsz}x{gsz}", "{:.1f}"),
+            ]
+        parts += [
+            "## Growth with the token grid (batch 1)",
+            "",
+            markdown_table(table, cols),
+            "",
+            "![growth](speed.png)",
+            "",
+        ]
     if result["notes"]:
         parts += ["## Notes", ""] + [f"- {n}" for n in result["notes"]]
         errs = [g for g in growth if g.get("error")]
         parts += [f"- growth {g['preset']} {g['grid']}x{g['grid']}: {g['error']}" for g in errs]
         parts.append("")
     elif any(g.get("error") for g in growth):
-        parts += ["## Notes", ""] + [f"- growth {g['preset']} {g['grid']}x{g['grid']}: {g['error']}" for g in growth if g.get("error")] + [""]
+        parts += (
+            ["## Notes", ""]
+            + [
+                f"- growth {g['preset']} {g['grid']}x{g['grid']}: {g['error']}"
+                for g in growth
+                if g.get("error")
+            ]
+            + [""]
+        )
     return "\n".join(parts)
 
 
-_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75), (227, 119, 194)]
+_COLORS = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (255, 127, 14),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+]
 
 
 def plot_growth(growth: list[dict], path: str | Path) -> Path:
@@ -549,7 +672,9 @@ def plot_growth(growth: list[dict], path: str | Path) -> Path:
     names = list(dict.fromkeys(g["preset"] for g in growth))
     good = [g for g in growth if not g.get("error")]
     ns = sorted({g["tokens"] for g in good}) or [1]
-    for pi, (key, title) in enumerate([("seq_steps", "sequential steps"), ("ms_per_img", "ms / image (batch 1)")]):
+    for pi, (key, title) in enumerate(
+        [("seq_steps", "sequential steps"), ("ms_per_img", "ms / image (batch 1)")]
+    ):
         x0, y0, x1, y1 = pi * panel_w + 70, 40, pi * panel_w + panel_w - 20, H - 110
         vals = [g[key] for g in good if g.get(key)] or [1.0]
         lo, hi = math.log10(max(min(vals), 1e-6)), math.log10(max(max(vals), 1e-6))
@@ -564,7 +689,7 @@ def plot_growth(growth: list[dict], path: str | Path) -> Path:
         d.rectangle([x0, y0, x1, y1], outline="black")
         d.text((x0, 15), f"{title} vs tokens n (log-log)", fill="black", font=font)
         for e in range(lo, hi + 1):
-            for m in ((1, 2, 5) if hi - lo <= 3 else (1,)):
+            for m in (1, 2, 5) if hi - lo <= 3 else (1,):
                 v = m * 10.0**e
                 if v > 10.0**hi * 1.001:
                     continue
@@ -578,7 +703,9 @@ def plot_growth(growth: list[dict], path: str | Path) -> Path:
             d.text((x - 10, y1 + 6), str(n), fill="black", font=font)
         for i, name in enumerate(names):
             col = _COLORS[i % len(_COLORS)]
-            pts = [(px(g["tokens"]), py(g[key])) for g in good if g["preset"] == name and g.get(key)]
+            pts = [
+                (px(g["tokens"]), py(g[key])) for g in good if g["preset"] == name and g.get(key)
+            ]
             if len(pts) > 1:
                 d.line(pts, fill=col, width=2)
             for x, y in pts:

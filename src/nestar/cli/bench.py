@@ -1,4 +1,5 @@
 """`nestar bench speed`: the speed harness (protocol in benchmarks/README.md)."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,16 +15,22 @@ def _grids(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(t) for t in _csv_list(text))
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--grids takes comma-separated ints (e.g. 8,16,32), got {text!r}") from e
+        raise argparse.ArgumentTypeError(
+            f"--grids takes comma-separated ints (e.g. 8,16,32), got {text!r}"
+        ) from e
 
 
 def _csv_ints(text: str) -> tuple[int, ...]:
     try:
         out = tuple(int(t) for t in _csv_list(text))
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 0,1,2), got {text!r}") from e
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers (e.g. 0,1,2), got {text!r}"
+        ) from e
     if not out or len(set(out)) != len(out) or min(out) < 0:
-        raise argparse.ArgumentTypeError(f"expected distinct non-negative integers (e.g. 0,1,2), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected distinct non-negative integers (e.g. 0,1,2), got {text!r}"
+        )
     return out
 
 
@@ -37,93 +44,218 @@ def _load(text: str) -> tuple[str, str]:
 def add_parser(sub) -> None:
     from nestar.cli.common import add_overrides_epilog
 
-    p = sub.add_parser("bench", help="benchmarks: speed of every model, quality of every model on one budget",
-                       description="Benchmarks (protocol in benchmarks/README.md and docs/results.md):\n\n"
-                                   "  nestar bench speed    steps, FLOPs, latency, throughput, memory of every model\n"
-                                   "  nestar bench quality  train every model on one budget and evaluate each")
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: speed of every model, quality of every model on one budget",
+        description="Benchmarks (protocol in benchmarks/README.md and docs/results.md):\n\n"
+        "  nestar bench speed    steps, FLOPs, latency, throughput, memory of every model\n"
+        "  nestar bench quality  train every model on one budget and evaluate each",
+    )
     bsub = p.add_subparsers(dest="bench_command", required=True)
     s = bsub.add_parser(
-        "speed", help="steps, head NFE, FLOPs, latency, throughput, memory and growth of every model in one run",
+        "speed",
+        help="steps, head NFE, FLOPs, latency, throughput, memory and growth of every model in one run",
         description="Measure all models in one process on one machine (same dtype and threads) and write "
-                    "speed.md / speed.csv / growth.csv / speed.png / speed.json under --out. "
-                    "Overrides (--section.key=value) apply to every preset.")
+        "speed.md / speed.csv / growth.csv / speed.png / speed.json under --out. "
+        "Overrides (--section.key=value) apply to every preset.",
+    )
     add_overrides_epilog(s)
-    s.add_argument("--presets", type=_csv_list, default=None,
-                   help="comma-separated presets (default: nestar-s,raster-s,mar-s,arinar-s,nextscale-s; "
-                        "the -tiny ones with --quick; unregistered ones are skipped with a note)")
-    s.add_argument("--quick", action="store_true", help="tiny presets, 1 warm-up, 2 repeats, throughput batch 8")
+    s.add_argument(
+        "--presets",
+        type=_csv_list,
+        default=None,
+        help="comma-separated presets (default: the '-s' preset of every model family, "
+        "nestar.models.MODEL_SPECS; the -tiny ones with --quick; unregistered ones are "
+        "skipped with a note)",
+    )
+    s.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny presets, 1 warm-up, 2 repeats, throughput batch 8",
+    )
     s.add_argument("--out", default="benchmarks/results/speed", help="output directory")
-    s.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
-    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights' dtype; auto: bfloat16 where the hardware runs bf16 natively, else float32")
-    s.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    s.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 5; quick 2)")
-    s.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls (default 2; quick 1)")
-    s.add_argument("--throughput-warmup", type=int, default=None,
-                   help="untimed calls at the throughput batch (default: --warmup; 0 is fair on CPU after the latency warm-up)")
+    s.add_argument(
+        "--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ..."
+    )
+    s.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights' dtype; auto: bfloat16 where the hardware runs bf16 natively, else float32",
+    )
+    s.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
+    s.add_argument(
+        "--repeats", type=int, default=None, help="timed calls per measurement (default 5; quick 2)"
+    )
+    s.add_argument(
+        "--warmup", type=int, default=None, help="untimed warm-up calls (default 2; quick 1)"
+    )
+    s.add_argument(
+        "--throughput-warmup",
+        type=int,
+        default=None,
+        help="untimed calls at the throughput batch (default: --warmup; 0 is fair on CPU after the latency warm-up)",
+    )
     s.add_argument("--batch-latency", type=int, default=1, help="batch of the latency measurement")
-    s.add_argument("--batch-throughput", type=int, default=None, help="batch of the throughput measurement (default 64; quick 8)")
-    s.add_argument("--flops-batch", type=int, default=2, help="batch of the FLOP count (FLOPs are per image)")
-    s.add_argument("--head-steps", type=int, default=None, help="flow-head ODE steps (default: each preset's sample.num_steps)")
+    s.add_argument(
+        "--batch-throughput",
+        type=int,
+        default=None,
+        help="batch of the throughput measurement (default 64; quick 8)",
+    )
+    s.add_argument(
+        "--flops-batch", type=int, default=2, help="batch of the FLOP count (FLOPs are per image)"
+    )
+    s.add_argument(
+        "--head-steps",
+        type=int,
+        default=None,
+        help="flow-head ODE steps (default: each preset's sample.num_steps)",
+    )
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--cfg", type=float, default=None, help="guidance scale for all models (default: each preset's sample.cfg)")
-    g.add_argument("--no-cfg", action="store_true", help="guidance off (cfg = 1: no unconditional branch)")
-    s.add_argument("--cfg-schedule", default="linear", choices=["constant", "linear"],
-                   help="guidance over the generation: constant, or rising linearly")
-    s.add_argument("--grids", type=_grids, default=(8, 16, 32), help="growth-curve token grids (default 8,16,32; 'off' = none)")
-    s.add_argument("--growth-repeats", type=int, default=None, help="timed calls per growth point (default min(repeats, 3))")
-    s.add_argument("--load", type=_load, action="append", default=[], metavar="NAME=PATH",
-                   help="measure a trained checkpoint / run directory under NAME (repeatable)")
+    g.add_argument(
+        "--cfg",
+        type=float,
+        default=None,
+        help="guidance scale for all models (default: each preset's sample.cfg)",
+    )
+    g.add_argument(
+        "--no-cfg", action="store_true", help="guidance off (cfg = 1: no unconditional branch)"
+    )
+    s.add_argument(
+        "--cfg-schedule",
+        default="linear",
+        choices=["constant", "linear"],
+        help="guidance over the generation: constant, or rising linearly",
+    )
+    s.add_argument(
+        "--grids",
+        type=_grids,
+        default=(8, 16, 32),
+        help="growth-curve token grids (default 8,16,32; 'off' = none)",
+    )
+    s.add_argument(
+        "--growth-repeats",
+        type=int,
+        default=None,
+        help="timed calls per growth point (default min(repeats, 3))",
+    )
+    s.add_argument(
+        "--load",
+        type=_load,
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="measure a trained checkpoint / run directory under NAME (repeatable)",
+    )
     s.add_argument("--seed", type=int, default=0, help="random seed of the sampled images")
-    s.add_argument("--peak-seconds", type=float, default=None,
-                   help="seconds per dtype of the matmul-peak measurement, before and after the models "
-                        "(default 1; quick 0.1; 0 = skip)")
+    s.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="print parameters and FLOPs per image of each preset and exit (nothing timed or "
+        "written; FLOP counts do not depend on the machine's load)",
+    )
+    s.add_argument(
+        "--peak-seconds",
+        type=float,
+        default=None,
+        help="seconds per dtype of the matmul-peak measurement, before and after the models "
+        "(default 1; quick 0.1; 0 = skip)",
+    )
     s.set_defaults(func=run)
 
     q = bsub.add_parser(
-        "quality", help="train every model on one budget and evaluate each with the suite (FID, KID, P/R, ...)",
+        "quality",
+        help="train every model on one budget and evaluate each with the suite (FID, KID, P/R, ...)",
         description="Train (or resume) each entry under --runs-dir, sample --num-eval images, evaluate against "
-                    "the cached test-split statistics and write quality.md / quality.json / models.png under "
-                    "--out. Finished entries are cached: rerunning continues an interrupted bench. "
-                    "Overrides (--section.key=value) apply to every entry.")
+        "the cached test-split statistics and write quality.md / quality.json / models.png under "
+        "--out. Finished entries are cached: rerunning continues an interrupted bench. "
+        "Overrides (--section.key=value) apply to every entry.",
+    )
     add_overrides_epilog(q)
-    q.add_argument("--suite", type=_csv_list, default=["models"], help="models, ablations or both (comma-separated; default: models)")
-    q.add_argument("--only", type=_csv_list, default=None, help="comma-separated entry names (default: all)")
+    q.add_argument(
+        "--suite",
+        type=_csv_list,
+        default=["models"],
+        help="models, ablations or both (comma-separated; default: models)",
+    )
+    q.add_argument(
+        "--only", type=_csv_list, default=None, help="comma-separated entry names (default: all)"
+    )
     q.add_argument("--runs-dir", default="runs/quality", help="one run directory per entry")
     q.add_argument("--out", default="benchmarks/results/quality", help="output directory")
     q.add_argument("--num-eval", type=int, default=1000, help="samples per model (balanced labels)")
     q.add_argument("--kid-subset-size", type=int, default=1000, help="images per KID subset")
     q.add_argument("--seed", type=int, default=0, help="random seed of the evaluation samples")
-    q.add_argument("--train-seeds", type=_csv_ints, default=(0,),
-                   help="comma-separated training seeds, one model per seed and entry (e.g. 0,1,2); tables give "
-                        "mean ± std, and seed s samples with --seed + s")
+    q.add_argument(
+        "--train-seeds",
+        type=_csv_ints,
+        default=(0,),
+        help="comma-separated training seeds, one model per seed and entry (e.g. 0,1,2); tables give "
+        "mean ± std, and seed s samples with --seed + s",
+    )
     q.add_argument("--quick", action="store_true", help="tiny presets: a smoke test of the harness")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=run_quality)
 
     c = bsub.add_parser(
-        "claims", help="check the paper's claims against quality-bench results (mean ± std over seeds)",
+        "claims",
+        help="check the paper's claims against quality-bench results (mean ± std over seeds)",
         description="Read the summaries of one or more quality.json files (later files win per entry), check each "
-                    "claim (NestAR vs raster FID and seams, recall vs next-scale, first-module effect) and write "
-                    "a JSON report. A claim is decided only with N >= 5,000 and >= 3 training seeds per arm.")
-    c.add_argument("results", nargs="+", help="quality.json files written by `nestar bench quality`")
+        "claim (NestAR vs raster FID and seams, recall vs next-scale, first-module effect) and write "
+        "a JSON report. A claim is decided only with N >= 5,000 and >= 3 training seeds per arm.",
+    )
+    c.add_argument(
+        "results", nargs="+", help="quality.json files written by `nestar bench quality`"
+    )
     c.add_argument("--out", default="docs/results/claims.json", help="where to write the report")
     c.set_defaults(func=run_claims)
 
 
 def run(args: argparse.Namespace) -> int:
-    from nestar.bench.speed import SpeedOptions, markdown_table, MAIN_COLUMNS, run_speed, write_report
+    from nestar.bench.speed import (
+        SpeedOptions,
+        markdown_table,
+        MAIN_COLUMNS,
+        run_speed,
+        write_report,
+    )
 
     opts = SpeedOptions(
-        presets=args.presets, out=args.out, device=args.device, dtype=args.dtype, threads=args.threads,
-        repeats=args.repeats, warmup=args.warmup, throughput_warmup=args.throughput_warmup,
+        presets=args.presets,
+        out=args.out,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        throughput_warmup=args.throughput_warmup,
         batch_latency=args.batch_latency,
-        batch_throughput=args.batch_throughput, flops_batch=args.flops_batch, head_steps=args.head_steps,
-        cfg=1.0 if args.no_cfg else args.cfg, cfg_schedule=args.cfg_schedule, grids=args.grids,
-        growth_repeats=args.growth_repeats, quick=args.quick, overrides=list(getattr(args, "overrides", []) or []),
-        load=dict(args.load), seed=args.seed, peak_seconds=args.peak_seconds,
+        batch_throughput=args.batch_throughput,
+        flops_batch=args.flops_batch,
+        head_steps=args.head_steps,
+        cfg=1.0 if args.no_cfg else args.cfg,
+        cfg_schedule=args.cfg_schedule,
+        grids=args.grids,
+        growth_repeats=args.growth_repeats,
+        quick=args.quick,
+        overrides=list(getattr(args, "overrides", []) or []),
+        load=dict(args.load),
+        seed=args.seed,
+        peak_seconds=args.peak_seconds,
+        flops_only=args.flops_only,
     )
     result = run_speed(opts)
+    if args.flops_only:
+        cols = [
+            c
+            for c in MAIN_COLUMNS
+            if c[0] in ("preset", "model_type", "params_M", "gflops_per_img")
+        ]
+        print(markdown_table(result["rows"], cols))
+        return 0
     paths = write_report(result, args.out)
     print(markdown_table([r for r in result["rows"] if "error" not in r], MAIN_COLUMNS))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -131,13 +263,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_quality(args: argparse.Namespace) -> int:
-    from nestar.bench.quality import QualityOptions, markdown_report, run_quality as run_bench, write_report
+    from nestar.bench.quality import (
+        QualityOptions,
+        markdown_report,
+        run_quality as run_bench,
+        write_report,
+    )
 
     opts = QualityOptions(
-        suites=tuple(args.suite), only=tuple(args.only) if args.only else None, runs_dir=args.runs_dir,
-        out=args.out, num_eval=args.num_eval, seed=args.seed, quick=args.quick,
-        overrides=list(getattr(args, "overrides", []) or []), kid_subset_size=args.kid_subset_size,
-        train_seeds=tuple(args.train_seeds), progress=not args.quiet,
+        suites=tuple(args.suite),
+        only=tuple(args.only) if args.only else None,
+        runs_dir=args.runs_dir,
+        out=args.out,
+        num_eval=args.num_eval,
+        seed=args.seed,
+        quick=args.quick,
+        overrides=list(getattr(args, "overrides", []) or []),
+        kid_subset_size=args.kid_subset_size,
+        train_seeds=tuple(args.train_seeds),
+        progress=not args.quiet,
     )
     result = run_bench(opts)
     paths = write_report(result, args.out)

@@ -3,6 +3,7 @@
 Nothing here imports torch or the model code at import time: `nestar --help` builds every
 sub-command's parser and must stay fast (the heavy imports happen inside the command functions).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,17 +22,28 @@ OVERRIDES_HELP = (
 )
 
 
-def add_config_args(p: argparse.ArgumentParser, default_preset: Optional[str] = DEFAULT_PRESET,
-                    keys: bool = True) -> None:
+def add_config_args(
+    p: argparse.ArgumentParser, default_preset: Optional[str] = DEFAULT_PRESET, keys: bool = True
+) -> None:
     """--preset / --config (/ --keys), and the override syntax in the command's help."""
     default = f" (default {default_preset})" if default_preset else ""
-    p.add_argument("--preset", default=default_preset, metavar="NAME",
-                   help=f"named preset{default}; `nestar presets` lists them")
-    p.add_argument("--config", metavar="JSON",
-                   help="JSON run config (e.g. a run directory's config.json); takes the place of --preset")
+    p.add_argument(
+        "--preset",
+        default=default_preset,
+        metavar="NAME",
+        help=f"named preset{default}; `nestar presets` lists them",
+    )
+    p.add_argument(
+        "--config",
+        metavar="JSON",
+        help="JSON run config (e.g. a run directory's config.json); takes the place of --preset",
+    )
     if keys:
-        p.add_argument("--keys", action="store_true",
-                       help="print every --section.key=value this command accepts, with its value, and exit")
+        p.add_argument(
+            "--keys",
+            action="store_true",
+            help="print every --section.key=value this command accepts, with its value, and exit",
+        )
     add_overrides_epilog(p, OVERRIDES_HELP + (" or add --keys to this command." if keys else "."))
 
 
@@ -53,7 +65,9 @@ def read_config_file(path: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object (a run config), got a {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a JSON object (a run config), got a {type(data).__name__}"
+        )
     return data
 
 
@@ -64,9 +78,13 @@ def load_config(args: argparse.Namespace):
 
     if args.config:
         data = read_config_file(args.config)
-        if not isinstance(data.get("model"), dict):  # else a default-sized model would train under the file's name
-            raise ConfigError(f"config file {args.config}: the \"model\" section is missing or not an object; "
-                              f"start from a run's config.json or `nestar presets --show NAME`")
+        if not isinstance(
+            data.get("model"), dict
+        ):  # else a default-sized model would train under the file's name
+            raise ConfigError(
+                f'config file {args.config}: the "model" section is missing or not an object; '
+                f"start from a run's config.json or `nestar presets --show NAME`"
+            )
         return load_run_config(data, args.overrides)
     return resolve(apply_overrides(get_preset(args.preset), args.overrides))
 
@@ -89,8 +107,10 @@ def apply_sample_overrides(config, overrides: list[str], command: str, **flags):
 
     other = [o for o in overrides if not o.lstrip("-").startswith("sample.")]
     if other:
-        raise ConfigError(f"nestar {command} with a checkpoint takes only --sample.* overrides (the rest of the "
-                          f"config comes from the checkpoint), got: {' '.join(other)}")
+        raise ConfigError(
+            f"nestar {command} with a checkpoint takes only --sample.* overrides (the rest of the "
+            f"config comes from the checkpoint), got: {' '.join(other)}"
+        )
     items = list(overrides) + [f"sample.{k}={v!r}" for k, v in flags.items() if v is not None]
     return apply_overrides(config, items) if items else config
 
@@ -111,10 +131,15 @@ def print_run_config_keys(cfg) -> None:
     from nestar.registry import config_to_dict
 
     d = {k: v for k, v in config_to_dict(cfg).items() if k != "history"}
-    print("\n".join(override_keys(d, derived=("model.grid_size", "model.token_dim", "model.num_classes"))))
+    print(
+        "\n".join(
+            override_keys(d, derived=("model.grid_size", "model.token_dim", "model.num_classes"))
+        )
+    )
 
 
 # --- class names ---------------------------------------------------------------------------------
+
 
 def _norm(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text.lower())
@@ -136,7 +161,9 @@ def class_index(text: str, names: Sequence[str]) -> Optional[int]:
     return hits[0] if len(hits) == 1 else None
 
 
-def parse_classes(text: Optional[str], num_classes: int, names: Optional[Sequence[str]] = None) -> list[int]:
+def parse_classes(
+    text: Optional[str], num_classes: int, names: Optional[Sequence[str]] = None
+) -> list[int]:
     """Comma-separated class ids and/or names (when the dataset has names) -> ids; empty: all classes."""
     from nestar.config import ConfigError
 
@@ -149,10 +176,15 @@ def parse_classes(text: Optional[str], num_classes: int, names: Optional[Sequenc
             continue
         idx = class_index(item, names) if names else None
         if idx is None:
-            known = (f"class names: {', '.join(names)} (any case; 'tshirt', 'ankle-boot' work too)" if names
-                     else "this dataset has no class names: use ids")
-            raise ConfigError(f"--classes: {item!r} is neither a class id in [0, {num_classes}) nor a class name; "
-                              f"{known}")
+            known = (
+                f"class names: {', '.join(names)} (any case; 'tshirt', 'ankle-boot' work too)"
+                if names
+                else "this dataset has no class names: use ids"
+            )
+            raise ConfigError(
+                f"--classes: {item!r} is neither a class id in [0, {num_classes}) nor a class name; "
+                f"{known}"
+            )
         classes.append(idx)
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:

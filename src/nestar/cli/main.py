@@ -3,6 +3,7 @@
 Building the parser imports no torch and no model code (those modules import them inside `run`),
 so `nestar --help` and `nestar COMMAND --help` answer at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,15 @@ class _Formatter(argparse.HelpFormatter):
             if para.startswith("  "):  # examples
                 out.append("\n".join(indent + line for line in para.splitlines()))
             else:
-                out.append(textwrap.fill(" ".join(para.split()), width, initial_indent=indent,
-                                         subsequent_indent=indent, break_on_hyphens=False))
+                out.append(
+                    textwrap.fill(
+                        " ".join(para.split()),
+                        width,
+                        initial_indent=indent,
+                        subsequent_indent=indent,
+                        break_on_hyphens=False,
+                    )
+                )
         return "\n\n".join(out)
 
     def _split_lines(self, text: str, width: int) -> list[str]:
@@ -61,8 +69,13 @@ class _Formatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default is None or action.default is False or action.default is argparse.SUPPRESS \
-                or "default" in text or not action.option_strings:
+        if (
+            action.default is None
+            or action.default is False
+            or action.default is argparse.SUPPRESS
+            or "default" in text
+            or not action.option_strings
+        ):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -75,8 +88,12 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nestar", description=DESCRIPTION, epilog=EPILOG)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of expected errors too")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks of expected errors too"
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     for mod in COMMANDS.values():
         importlib.import_module(mod).add_parser(sub)
     return parser
@@ -92,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     bad = [e for e in extra if not (e.startswith("--") and "=" in e)]
     if bad:
-        parser.error(f"unrecognised arguments: {' '.join(bad)} (config overrides take the form --section.key=value)")
+        parser.error(
+            f"unrecognised arguments: {' '.join(bad)} (config overrides take the form --section.key=value)"
+        )
     if extra and not getattr(args, "takes_overrides", False):
         parser.error(f"`nestar {args.command}` takes no config overrides: {' '.join(extra)}")
     args.overrides = extra

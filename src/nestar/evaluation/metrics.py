@@ -4,6 +4,7 @@ Everything that accumulates (means, covariances, kernel sums, matrix square root
 float64: FID is a small difference of large traces, and float32 loses it. Inputs may be torch
 tensors or numpy arrays; scalars come back as Python floats.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -28,7 +29,12 @@ def _t64(x: Array) -> torch.Tensor:
 
 
 def _labels(x: Array) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).reshape(-1).cpu().long()
+    return (
+        torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+        .reshape(-1)
+        .cpu()
+        .long()
+    )
 
 
 def gaussian_stats(feats: Array) -> tuple[np.ndarray, np.ndarray]:
@@ -42,8 +48,11 @@ def gaussian_stats(feats: Array) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"need (N >= 2, D) features, got shape {f.shape}")
     n, d = f.shape
     if n < d:
-        warnings.warn(f"only {n} samples for {d}-d features: the covariance is singular and FID is "
-                      f"unreliable (use N >= {d}, ideally 10x more)", stacklevel=2)
+        warnings.warn(
+            f"only {n} samples for {d}-d features: the covariance is singular and FID is "
+            f"unreliable (use N >= {d}, ideally 10x more)",
+            stacklevel=2,
+        )
     return f.mean(0), np.cov(f, rowvar=False).reshape(d, d)
 
 
@@ -74,8 +83,15 @@ def frechet_distance(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array) -> fl
     mu1, mu2 = _np64(mu1).reshape(-1), _np64(mu2).reshape(-1)
     s1, s2 = np.atleast_2d(_np64(sigma1)), np.atleast_2d(_np64(sigma2))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
-        raise ValueError(f"shape mismatch: mu {mu1.shape} / {mu2.shape}, sigma {s1.shape} / {s2.shape}")
-    if not (np.isfinite(s1).all() and np.isfinite(s2).all() and np.isfinite(mu1).all() and np.isfinite(mu2).all()):
+        raise ValueError(
+            f"shape mismatch: mu {mu1.shape} / {mu2.shape}, sigma {s1.shape} / {s2.shape}"
+        )
+    if not (
+        np.isfinite(s1).all()
+        and np.isfinite(s2).all()
+        and np.isfinite(mu1).all()
+        and np.isfinite(mu2).all()
+    ):
         raise ValueError("non-finite statistics (NaN/inf features?)")
     diff = mu1 - mu2
     fd = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2))
@@ -87,8 +103,9 @@ def fid_from_features(feats1: Array, feats2: Array) -> float:
     return frechet_distance(*gaussian_stats(feats1), *gaussian_stats(feats2))
 
 
-def kid(feats1: Array, feats2: Array, subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
+def kid(
+    feats1: Array, feats2: Array, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD^2 with the cubic polynomial
     kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets. Returns (mean, std) over subsets.
 
@@ -110,7 +127,9 @@ def kid(feats1: Array, feats2: Array, subsets: int = 100, subset_size: int = 100
         kxx = (x @ x.T / d + 1) ** 3
         kyy = (y @ y.T / d + 1) ** 3
         kxy = (x @ y.T / d + 1) ** 3
-        vals[s] = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.mean()
+        vals[s] = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (
+            m * (m - 1)
+        ) - 2 * kxy.mean()
     return float(vals.mean()), float(vals.std())
 
 
@@ -146,11 +165,15 @@ def knn_radii(feats: torch.Tensor, k: int = 3, batch: int = 1024) -> torch.Tenso
     out = torch.empty(n, dtype=feats.dtype)
     for i in range(0, n, batch):
         d = _sq_dists(feats[i : i + batch], feats)
-        out[i : i + batch] = d.kthvalue(k + 1, dim=1).values  # +1: the point itself is at distance 0
+        out[i : i + batch] = d.kthvalue(
+            k + 1, dim=1
+        ).values  # +1: the point itself is at distance 0
     return out
 
 
-def _coverage(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, batch: int = 1024) -> float:
+def _coverage(
+    queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, batch: int = 1024
+) -> float:
     """Share of `queries` inside at least one ball (support_i, radius_i)."""
     inside = 0
     for i in range(0, queries.shape[0], batch):
@@ -159,8 +182,13 @@ def _coverage(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor,
     return inside / queries.shape[0]
 
 
-def precision_recall(real_feats: Array, fake_feats: Array, k: int = 3, batch: int = 1024,
-                     real_radii: Optional[Array] = None) -> tuple[float, float]:
+def precision_recall(
+    real_feats: Array,
+    fake_feats: Array,
+    k: int = 3,
+    batch: int = 1024,
+    real_radii: Optional[Array] = None,
+) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019).
 
     Each set's manifold is the union of balls around its points with radius = distance to the
@@ -171,7 +199,9 @@ def precision_recall(real_feats: Array, fake_feats: Array, k: int = 3, batch: in
     """
     real, fake = _t64(real_feats), _t64(fake_feats)
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"need (N, D) features of one D, got {tuple(real.shape)} and {tuple(fake.shape)}")
+        raise ValueError(
+            f"need (N, D) features of one D, got {tuple(real.shape)} and {tuple(fake.shape)}"
+        )
     radii = knn_radii(real, k, batch) if real_radii is None else _t64(real_radii).reshape(-1)
     if radii.shape[0] != real.shape[0]:
         raise ValueError(f"{radii.shape[0]} real radii for {real.shape[0]} real samples")
@@ -184,11 +214,15 @@ def class_agreement(logits: Array, labels: Array) -> float:
     """Share of samples the classifier assigns to the class they were generated for."""
     lg, lb = _t64(logits), _labels(labels)
     if lg.ndim != 2 or lb.shape[0] != lg.shape[0]:
-        raise ValueError(f"need (N, K) logits and N labels, got {tuple(lg.shape)} and {tuple(lb.shape)}")
+        raise ValueError(
+            f"need (N, K) logits and N labels, got {tuple(lg.shape)} and {tuple(lb.shape)}"
+        )
     return float((lg.argmax(1) == lb).double().mean())
 
 
-def within_class_diversity(feats: Array, labels: Array, max_per_class: int = 2000, seed: int = 0) -> float:
+def within_class_diversity(
+    feats: Array, labels: Array, max_per_class: int = 2000, seed: int = 0
+) -> float:
     """Mean pairwise Euclidean feature distance between samples of one class, averaged over classes.
 
     Complements recall: a class-conditional model that collapses to a few images per class scores
@@ -198,7 +232,9 @@ def within_class_diversity(feats: Array, labels: Array, max_per_class: int = 200
     f = _t64(feats)
     lb = _labels(labels)
     if f.ndim != 2 or lb.shape[0] != f.shape[0]:
-        raise ValueError(f"need (N, D) features and N labels, got {tuple(f.shape)} and {tuple(lb.shape)}")
+        raise ValueError(
+            f"need (N, D) features and N labels, got {tuple(f.shape)} and {tuple(lb.shape)}"
+        )
     g = torch.Generator().manual_seed(seed)
     means = []
     for c in torch.unique(lb):
@@ -214,6 +250,14 @@ def within_class_diversity(feats: Array, labels: Array, max_per_class: int = 200
 
 
 __all__ = [
-    "class_agreement", "fid_from_features", "frechet_distance", "gaussian_stats", "inception_score", "kid",
-    "knn_radii", "precision_recall", "trace_sqrt_product", "within_class_diversity",
+    "class_agreement",
+    "fid_from_features",
+    "frechet_distance",
+    "gaussian_stats",
+    "inception_score",
+    "kid",
+    "knn_radii",
+    "precision_recall",
+    "trace_sqrt_product",
+    "within_class_diversity",
 ]

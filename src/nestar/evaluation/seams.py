@@ -8,16 +8,24 @@ statistic is mean(border) / mean(inner): natural images have no preferred grid a
 (Fashion-MNIST test images: ~0.9, lower than 1 because the garment outlines fall inside tokens as
 often as on borders while the flat background edges do not count); a patchwork sits above.
 """
+
 from __future__ import annotations
 
 import torch
 
 
-def _pair_sums(d: torch.Tensor, fg: torch.Tensor, border: torch.Tensor) -> tuple[float, float, float, float]:
+def _pair_sums(
+    d: torch.Tensor, fg: torch.Tensor, border: torch.Tensor
+) -> tuple[float, float, float, float]:
     """Sums and counts of foreground |differences| on border and inner positions."""
     w = fg.to(d.dtype)
     b = border.to(d.dtype)
-    return (float((d * w * b).sum()), float((w * b).sum()), float((d * w * (1 - b)).sum()), float((w * (1 - b)).sum()))
+    return (
+        float((d * w * b).sum()),
+        float((w * b).sum()),
+        float((d * w * (1 - b)).sum()),
+        float((w * (1 - b)).sum()),
+    )
 
 
 def seam_statistic(images_BCHW: torch.Tensor, patch_size: int, threshold: float = -0.9) -> float:

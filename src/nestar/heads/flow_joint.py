@@ -7,39 +7,14 @@ time + z per token, a learned position embedding for the index inside the patch,
 modulation and output (the head starts at v = 0, as the MLP head). Everything else (path, loss,
 Euler/Heun, guidance, temperature) is the MLP head's: only `velocity` differs.
 """
+
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nestar.heads.flow_mlp import FlowHeadConfig, FlowMLPHead, timestep_embedding
-
-
-class AdaLNBlock(nn.Module):
-    """Pre-norm transformer block modulated per token by c: attention within a group, then MLP."""
-
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.heads = heads
-        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
-
-    def forward(self, h_GSW: torch.Tensor, c_GSW: torch.Tensor) -> torch.Tensor:
-        G, S, W = h_GSW.shape
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c_GSW).chunk(6, dim=-1)
-        x = self.norm1(h_GSW) * (1 + sc1) + sh1
-        q, k, v = self.qkv(x).view(G, S, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(G, S, W)
-        h_GSW = h_GSW + g1 * self.proj(a)
-        return h_GSW + g2 * self.mlp(self.norm2(h_GSW) * (1 + sc2) + sh2)
+from nestar.layers.adaln import AdaLNBlock
 
 
 class JointFlowHead(FlowMLPHead):
@@ -47,16 +22,21 @@ class JointFlowHead(FlowMLPHead):
 
     joint = True
 
-    def __init__(self, token_dim: int, cond_dim: int, cfg: FlowHeadConfig, max_group: int):
+    def __init__(self, token_dim: int, cond_dim: int, config: FlowHeadConfig, max_group: int):
         nn.Module.__init__(self)  # own layers; FlowMLPHead's __init__ would build the MLP
-        self.token_dim, self.cond_dim, self.cfg, self.max_group = token_dim, cond_dim, cfg, max_group
-        w = cfg.width
+        self.token_dim, self.cond_dim, self.config, self.max_group = (
+            token_dim,
+            cond_dim,
+            config,
+            max_group,
+        )
+        w = config.width
         self.input_proj = nn.Linear(token_dim, w)
         self.pos = nn.Parameter(torch.zeros(max_group, w))
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.time_embed = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.cond_embed = nn.Linear(cond_dim, w)
-        self.blocks = nn.ModuleList(AdaLNBlock(w, cfg.heads) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(AdaLNBlock(w, config.heads) for _ in range(config.depth))
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w))
         self.out = nn.Linear(w, token_dim)
@@ -64,21 +44,29 @@ class JointFlowHead(FlowMLPHead):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def velocity(self, x_NC: torch.Tensor, t_N: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1) -> torch.Tensor:
+    def velocity(
+        self, x_NC: torch.Tensor, t_N: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1
+    ) -> torch.Tensor:
         n, S = x_NC.shape[0], group_size
         if S > self.max_group or n % S:
-            raise ValueError(f"{n} tokens in groups of {S} (this head takes groups of at most {self.max_group})")
-        c = self.time_embed(timestep_embedding(t_N, self.cfg.width).to(x_NC.dtype)) + self.cond_embed(z_NZ)
+            raise ValueError(
+                f"{n} tokens in groups of {S} (this head takes groups of at most {self.max_group})"
+            )
+        c = self.time_embed(
+            timestep_embedding(t_N, self.config.width).to(x_NC.dtype)
+        ) + self.cond_embed(z_NZ)
         c = c.view(n // S, S, -1)
         h = self.input_proj(x_NC).view(n // S, S, -1) + self.pos[:S]
         for blk in self.blocks:
-            h = blk(h, c)
+            h = blk(h, blk.modulation(c))
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
         return self.out(self.final_norm(h) * (1 + scale) + shift).reshape(n, self.token_dim)
 
 
-def build_flow_head(token_dim: int, cond_dim: int, cfg: FlowHeadConfig, max_group: int = 1) -> FlowMLPHead:
-    """The flow head `cfg.kind` names; `max_group`: the largest run of tokens a joint head sees."""
-    if cfg.kind == "joint":
-        return JointFlowHead(token_dim, cond_dim, cfg, max_group)
-    return FlowMLPHead(token_dim, cond_dim, cfg)
+def build_flow_head(
+    token_dim: int, cond_dim: int, config: FlowHeadConfig, max_group: int = 1
+) -> FlowMLPHead:
+    """The flow head `config.kind` names; `max_group`: the largest run of tokens a joint head sees."""
+    if config.kind == "joint":
+        return JointFlowHead(token_dim, cond_dim, config, max_group)
+    return FlowMLPHead(token_dim, cond_dim, config)

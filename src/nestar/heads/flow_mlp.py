@@ -1,4 +1,5 @@
 """Rectified-flow MLP head with adaLN (MAR's SimpleMLPAdaLN design, flow matching instead of DDPM)."""
+
 from __future__ import annotations
 
 import math
@@ -31,14 +32,23 @@ class FlowHeadConfig:
     heads: int = 4
 
     def __post_init__(self) -> None:
-        check_min("model.head.", 1, width=self.width, depth=self.depth, batch_mul=self.batch_mul,
-                  num_steps=self.num_steps, heads=self.heads)
+        check_min(
+            "model.head.",
+            1,
+            width=self.width,
+            depth=self.depth,
+            batch_mul=self.batch_mul,
+            num_steps=self.num_steps,
+            heads=self.heads,
+        )
         if self.kind not in ("mlp", "joint"):
             raise ValueError(f"head.kind must be 'mlp' or 'joint', got {self.kind!r}")
         if self.kind == "joint" and self.width % self.heads:
             raise ValueError(f"head.width {self.width} is not divisible by head.heads {self.heads}")
         if self.time_dist not in ("uniform", "logit_normal"):
-            raise ValueError(f"head.time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
+            raise ValueError(
+                f"head.time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}"
+            )
         if self.sampler not in ("euler", "heun"):
             raise ValueError(f"head.sampler must be 'euler' or 'heun', got {self.sampler!r}")
 
@@ -46,7 +56,9 @@ class FlowHeadConfig:
 def timestep_embedding(t_N: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of t in [0, 1] (scaled by 1000 as in DiT/MAR)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t_N.device, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=t_N.device, dtype=torch.float32) / half
+    )
     args = (t_N.float() * 1000)[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -74,16 +86,19 @@ class FlowMLPHead(Head):
 
     joint = False
 
-    def __init__(self, token_dim: int, cond_dim: int, cfg: FlowHeadConfig):
+    def __init__(self, token_dim: int, cond_dim: int, config: FlowHeadConfig):
         super().__init__()
-        if cfg.kind != "mlp" and type(self) is FlowMLPHead:
-            raise ValueError(f"head.kind={cfg.kind!r} is not supported by this model (only NestAR has a joint patch head)")
-        self.token_dim, self.cond_dim, self.cfg = token_dim, cond_dim, cfg
-        w = cfg.width
+        if config.kind != "mlp" and type(self) is FlowMLPHead:
+            raise ValueError(
+                f"head.kind={config.kind!r} is not supported by this model "
+                f"(only NestAR has a joint patch head)"
+            )
+        self.token_dim, self.cond_dim, self.config = token_dim, cond_dim, config
+        w = config.width
         self.input_proj = nn.Linear(token_dim, w)
         self.time_embed = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.cond_embed = nn.Linear(cond_dim, w)
-        self.blocks = nn.ModuleList(ResBlock(w) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(ResBlock(w) for _ in range(config.depth))
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w))
         self.out = nn.Linear(w, token_dim)
@@ -91,8 +106,12 @@ class FlowMLPHead(Head):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def velocity(self, x_NC: torch.Tensor, t_N: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1) -> torch.Tensor:
-        c = self.time_embed(timestep_embedding(t_N, self.cfg.width).to(x_NC.dtype)) + self.cond_embed(z_NZ)
+    def velocity(
+        self, x_NC: torch.Tensor, t_N: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1
+    ) -> torch.Tensor:
+        c = self.time_embed(
+            timestep_embedding(t_N, self.config.width).to(x_NC.dtype)
+        ) + self.cond_embed(z_NZ)
         h = self.input_proj(x_NC)
         for blk in self.blocks:
             h = blk(h, c)
@@ -100,16 +119,18 @@ class FlowMLPHead(Head):
         return self.out(self.final_norm(h) * (1 + scale) + shift)
 
     def _draw_t(self, n: int, device: torch.device) -> torch.Tensor:
-        if self.cfg.time_dist == "logit_normal":
+        if self.config.time_dist == "logit_normal":
             return torch.sigmoid(torch.randn(n, device=device))
         return torch.rand(n, device=device)
 
-    def loss(self, target_NC: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1) -> torch.Tensor:
+    def loss(
+        self, target_NC: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1
+    ) -> torch.Tensor:
         x1 = target_NC.reshape(-1, self.token_dim).float()
         z = z_NZ.reshape(-1, self.cond_dim)
-        if self.cfg.batch_mul > 1:  # whole copies of the batch: groups stay contiguous
-            x1 = x1.repeat(self.cfg.batch_mul, 1)
-            z = z.repeat(self.cfg.batch_mul, 1)
+        if self.config.batch_mul > 1:  # whole copies of the batch: groups stay contiguous
+            x1 = x1.repeat(self.config.batch_mul, 1)
+            z = z.repeat(self.config.batch_mul, 1)
         g = group_size if self.joint else 1
         if x1.shape[0] % g:
             raise ValueError(f"{x1.shape[0]} tokens do not split into groups of {g}")
@@ -119,13 +140,21 @@ class FlowMLPHead(Head):
         v = self.velocity(xt.to(z.dtype), t, z, g)
         return (v.float() - (x1 - x0)).pow(2).mean()
 
-    def _guided_velocity(self, x, t, z, z_u, cfg, group_size: int = 1):
+    def _guided_velocity(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        z: torch.Tensor,
+        z_u: Optional[torch.Tensor],
+        guidance_scale: float,
+        group_size: int = 1,
+    ) -> torch.Tensor:
         v_c = self.velocity(x, t, z, group_size)
         if z_u is None:
             return v_c
         v_u = self.velocity(x, t, z_u, group_size)
         # v_c + (w-1)(v_c - v_u) == v_u + w(v_c - v_u), and is exactly v_c at w = 1.
-        return v_c + (cfg - 1.0) * (v_c - v_u)
+        return v_c + (guidance_scale - 1.0) * (v_c - v_u)
 
     @torch.no_grad()
     def sample(
@@ -133,30 +162,35 @@ class FlowMLPHead(Head):
         z_NZ: torch.Tensor,
         *,
         z_uncond_NZ: Optional[torch.Tensor] = None,
-        cfg: float = 1.0,
+        guidance_scale: float = 1.0,
         num_steps: Optional[int] = None,
         temperature: float = 1.0,
         generator: Optional[torch.Generator] = None,
         group_size: int = 1,
     ) -> torch.Tensor:
-        num_steps = num_steps or self.cfg.num_steps
+        num_steps = num_steps or self.config.num_steps
         n = z_NZ.shape[0]
         g = group_size if self.joint else 1
         gen_device = generator.device if generator is not None else z_NZ.device
-        x = torch.randn(n, self.token_dim, generator=generator, device=gen_device).to(z_NZ.device) * temperature
+        x = (
+            torch.randn(n, self.token_dim, generator=generator, device=gen_device).to(z_NZ.device)
+            * temperature
+        )
         x = x.to(z_NZ.dtype)
         ts = torch.linspace(0.0, 1.0, num_steps + 1, device=z_NZ.device)
         for i in range(num_steps):
             t, dt = ts[i].expand(n), ts[i + 1] - ts[i]
-            v = self._guided_velocity(x, t, z_NZ, z_uncond_NZ, cfg, g)
-            if self.cfg.sampler == "heun" and i < num_steps - 1:
+            v = self._guided_velocity(x, t, z_NZ, z_uncond_NZ, guidance_scale, g)
+            if self.config.sampler == "heun" and i < num_steps - 1:
                 x_pred = x + dt * v
-                v2 = self._guided_velocity(x_pred, ts[i + 1].expand(n), z_NZ, z_uncond_NZ, cfg, g)
+                v2 = self._guided_velocity(
+                    x_pred, ts[i + 1].expand(n), z_NZ, z_uncond_NZ, guidance_scale, g
+                )
                 x = x + dt * 0.5 * (v + v2)
             else:
                 x = x + dt * v
         return x.float()
 
     def nfe(self, num_steps: Optional[int] = None) -> int:
-        s = num_steps or self.cfg.num_steps
-        return 2 * s - 1 if self.cfg.sampler == "heun" else s
+        s = num_steps or self.config.num_steps
+        return 2 * s - 1 if self.config.sampler == "heun" else s

@@ -1,11 +1,22 @@
-"""The interface every generator in nestar implements (NestAR and the baselines)."""
+"""The scaffold every generator in nestar shares: config fields, class conditioning, guided sampling.
+
+A model implements `loss(batch)` and `_sample(run, **options)`, its order-specific loop. The public
+`sample()` is defined once here: it checks the labels, builds the guided batch ([cond; null] when
+guidance_scale != 1) and hands a `GuidedBatch` to the loop, which draws every token through
+`run.draw` (the one guided head call) and writes it into both halves with `run.write`.
+"""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
+
+from nestar.config import check_min
+from nestar.heads.base import Head
+from nestar.layers import Transformer
 
 CFG_SCHEDULES = ("constant", "linear")
 
@@ -22,17 +33,126 @@ class SampleOutput:
     known: list[torch.Tensor] = field(default_factory=list)
 
 
-def cfg_scale(cfg: float, schedule: str, progress: float) -> float:
+@dataclass
+class TokenModelConfig:
+    """Fields every model shares. `grid_size`, `token_dim`, `num_classes` are set from the data and
+    tokenizer; the backbone has width `dim` with attention heads of size `head_dim`; `label_dropout`
+    is the share of training labels replaced by the null class (it enables guidance)."""
+
+    grid_size: int = 16
+    token_dim: int = 4
+    num_classes: int = 10
+    dim: int = 256
+    head_dim: int = 64
+    mlp_ratio: float = 4.0
+    label_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.grid_size < 1 or self.token_dim < 1:
+            raise ValueError("model.grid_size and model.token_dim must be >= 1")
+        check_min("model.", 1, dim=self.dim, head_dim=self.head_dim)
+        for w in self.widths():
+            if w % self.head_dim:
+                raise ValueError(
+                    f"model width {w} is not divisible by model.head_dim {self.head_dim}"
+                )
+        if not 0 <= self.label_dropout < 1 or self.mlp_ratio <= 0:
+            raise ValueError(
+                f"model.label_dropout must be in [0, 1) and model.mlp_ratio > 0, got "
+                f"{self.label_dropout} and {self.mlp_ratio}"
+            )
+
+    def widths(self) -> tuple[int, ...]:
+        """Every transformer width of the model (each must split into heads of `head_dim`)."""
+        return (self.dim,)
+
+
+def cfg_scale(guidance_scale: float, schedule: str, progress: float) -> float:
     """Guidance weight at generation progress in (0, 1] (share of tokens known after the step).
 
-    'constant': cfg everywhere. 'linear': 1 + (cfg - 1) * progress (MAR/VAR style), so early
-    coarse steps are nearly unguided and the last step gets the full weight.
+    'constant': guidance_scale everywhere. 'linear': 1 + (guidance_scale - 1) * progress (MAR/VAR
+    style), so early coarse steps are nearly unguided and the last step gets the full weight.
     """
     if schedule == "constant":
-        return cfg
+        return guidance_scale
     if schedule == "linear":
-        return 1.0 + (cfg - 1.0) * progress
+        return 1.0 + (guidance_scale - 1.0) * progress
     raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {schedule!r}")
+
+
+@dataclass
+class GuidedBatch:
+    """One sampling run: the labels, the guided batch and the settings every head draw uses.
+
+    With guidance (`guided`), rows [0, B) are conditional and rows [B, 2B) the null class; both halves
+    share the sampled tokens, so each loop keeps one doubled buffer and `write`s into both halves.
+    """
+
+    labels: torch.Tensor  # (B,) the requested classes
+    batch_labels: torch.Tensor  # (B,) or (2B,): [labels; null class] when guided
+    guidance_scale: float
+    cfg_schedule: str
+    temperature: float
+    num_steps: Optional[int]
+    generator: Optional[torch.Generator]
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def guided(self) -> bool:
+        return self.batch_labels.shape[0] != self.labels.shape[0]
+
+    @property
+    def batch(self) -> int:
+        """B, the number of images."""
+        return self.labels.shape[0]
+
+    def double(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` (B, ...) as the guided batch: [x; x] when guided."""
+        return torch.cat([x, x]) if self.guided else x
+
+    def weight(self, progress: float) -> float:
+        """The guidance weight after the step that brings generation to `progress` in (0, 1]."""
+        return cfg_scale(self.guidance_scale, self.cfg_schedule, progress)
+
+    def draw(
+        self,
+        head: Head,
+        z: torch.Tensor,
+        progress: float,
+        *,
+        rows: Optional[torch.Tensor] = None,
+        group_size: int = 1,
+    ) -> torch.Tensor:
+        """The guided head call: tokens (B, n, C) from conditions z (2B or B, n, Z) of the guided batch.
+
+        `rows` (B, n) bool picks the conditions to draw from (the same count in every row), else
+        every one; `group_size` as in `Head.sample`.
+        """
+        B = self.batch
+        z_c, z_u = (z[:B], z[B:]) if self.guided else (z, None)
+        if rows is not None:
+            z_c, z_u = z_c[rows], (z_u[rows] if z_u is not None else None)
+        else:
+            z_c = z_c.reshape(-1, z.shape[-1])
+            z_u = z_u.reshape(-1, z.shape[-1]) if z_u is not None else None
+        x = head.sample(
+            z_c,
+            z_uncond_NZ=z_u,
+            guidance_scale=self.weight(progress),
+            num_steps=self.num_steps,
+            temperature=self.temperature,
+            generator=self.generator,
+            group_size=group_size,
+        )
+        return x.to(self.dtype).view(B, -1, x.shape[-1])
+
+    def write(self, buf: torch.Tensor, index: Any, x_new: torch.Tensor) -> None:
+        """buf[:B][:, index] = x_new, and the same in the null half."""
+        B = self.batch
+        buf[:B, index] = x_new
+        if self.guided:
+            buf[B:, index] = x_new
 
 
 class GenerativeModel(nn.Module):
@@ -43,8 +163,9 @@ class GenerativeModel(nn.Module):
     Class id `num_classes` is the null class used for label dropout and guidance.
     """
 
-    config: object
+    config: TokenModelConfig
     num_classes: int
+    head: Head
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -54,17 +175,62 @@ class GenerativeModel(nn.Module):
         self,
         labels: torch.Tensor,
         *,
-        cfg: float = 1.0,
+        guidance_scale: float = 1.0,
         cfg_schedule: str = "linear",
         temperature: float = 1.0,
         num_steps: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
+        **options: Any,
     ) -> SampleOutput:
+        """Generate tokens for `labels` (B,) of ints in [0, num_classes).
+
+        `guidance_scale`: classifier-free guidance (1 = none: no unconditional branch runs), weighted
+        over the steps by `cfg_schedule` ('linear' or 'constant'); `temperature` scales the head's
+        noise; `num_steps`: head steps per draw (default from the head config); `generator`: all
+        sampling randomness. `options` are the model's own (`use_cache`, `num_iter`, ...).
+        """
+        labels = self.check_labels(labels)
+        guided = guidance_scale != 1.0
+        batch_labels = (
+            torch.cat([labels, torch.full_like(labels, self.num_classes)]) if guided else labels
+        )
+        run = GuidedBatch(
+            labels,
+            batch_labels,
+            guidance_scale,
+            cfg_schedule,
+            temperature,
+            num_steps,
+            generator,
+            self.device,
+            next(self.parameters()).dtype,
+        )
+        return self._sample(run, **options)
+
+    def _sample(self, run: GuidedBatch, **options: Any) -> SampleOutput:
+        """The model's own generation loop over the guided batch `run`."""
         raise NotImplementedError
 
     def sequential_steps(self) -> int:
         """Sequential backbone evaluations needed for one image."""
         raise NotImplementedError
+
+    def transformers(self) -> list[Transformer]:
+        """The backbone's transformer stacks."""
+        raise NotImplementedError
+
+    def backbone_modules(self) -> list[nn.Module]:
+        """The modules of which one call is one backbone evaluation: their calls while sampling add up
+        to `sequential_steps()` (the contract tests count them)."""
+        return list(self.transformers())
+
+    def shard_units(self) -> list[nn.Module]:
+        """The blocks FSDP shards (and `compile_blocks` compiles) one by one: the backbone's."""
+        return [blk for t in self.transformers() for blk in t.blocks]
+
+    def checkpoint_units(self) -> list[nn.Module]:
+        """The blocks activation checkpointing recomputes: the backbone's and the head's."""
+        return self.shard_units() + self.head.checkpoint_units()
 
     def drop_labels(self, labels: torch.Tensor, p: float) -> torch.Tensor:
         """Replace each label by the null class with probability p (training only)."""
@@ -74,9 +240,13 @@ class GenerativeModel(nn.Module):
         return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
 
     def check_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """`labels` as a 1-D int64 tensor on the model's device; ValueError if any is out of range."""
         labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         if labels.ndim != 1 or (labels < 0).any() or (labels >= self.num_classes).any():
-            raise ValueError(f"labels must be a 1-D tensor of ints in [0, {self.num_classes}), got {labels.tolist()}")
+            raise ValueError(
+                f"labels must be a 1-D tensor of ints in [0, {self.num_classes}), "
+                f"got {labels.tolist()}"
+            )
         return labels
 
     @property

@@ -1,4 +1,4 @@
-"""NestAR: Nested AutoRegressive generation with continuous tokens (SPEC section 2).
+"""NestAR: Nested AutoRegressive generation with continuous tokens (docs/design.md, "Factorisation").
 
 N = k^M tokens in a fixed generation order (`orders.py`). Module 1 generates tokens 1..k one at a
 time; module m > 1 sees the first k^(m-1) tokens as its first patch and generates k-1 further
@@ -14,6 +14,7 @@ patches <= j; queries of patch b see content of patches < b and the other querie
 Training teacher-forces all patches of all modules in one pass per module. Sampling keeps a
 preallocated KV cache per module so each step feeds only the newest patch and the next queries.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,9 +25,10 @@ from torch import nn
 
 from nestar.config import check_min
 from nestar.heads import FlowHeadConfig, build_flow_head
-from nestar.models.base import GenerativeModel, SampleOutput, cfg_scale
-from nestar.models.layers import KVCache, Transformer
+from nestar.layers import ClassEmbedding, KVCache, Transformer
+from nestar.models.base import GenerativeModel, GuidedBatch, SampleOutput, TokenModelConfig
 from nestar.models.orders import ORDERS, GenerationOrder
+from nestar.models.spec import ModelSpec, register_model
 
 _COND, _CONTENT, _QUERY = 0, 1, 2
 PREFIX_NOISE_MODES = ("all", "boundary")
@@ -37,8 +39,8 @@ _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1,
 
 
 @dataclass
-class NestARConfig:
-    """NestAR hyper-parameters. `grid_size`, `token_dim`, `num_classes` are set from the data and tokenizer.
+class NestARConfig(TokenModelConfig):
+    """NestAR hyper-parameters (with TokenModelConfig's): the order, k, and one transformer per module.
 
     `module_dims`/`module_depths`: per-module width/depth (length M), default `dim`/`depth` for all;
     the first module's size is a known lever on diversity. `shared_trunk`: one transformer for all
@@ -57,19 +59,14 @@ class NestARConfig:
 
     grid_size: int = 8
     token_dim: int = 16
-    num_classes: int = 10
     k: int = 4
     order: str = "lattice"
-    dim: int = 256
     depth: int = 4
-    head_dim: int = 64
-    mlp_ratio: float = 4.0
     module_dims: Optional[tuple[int, ...]] = None
     module_depths: Optional[tuple[int, ...]] = None
     shared_trunk: bool = False
     num_cond_tokens: int = 1
     z_dim: int = 256
-    label_dropout: float = 0.1
     prefix_noise: float = 0.0
     prefix_noise_mode: str = "all"
     sample_prefix_noise: float = 0.0
@@ -81,37 +78,59 @@ class NestARConfig:
     head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
 
     def __post_init__(self) -> None:
-        check_min("model.", 1, dim=self.dim, depth=self.depth, head_dim=self.head_dim, z_dim=self.z_dim,
-                  num_cond_tokens=self.num_cond_tokens, k=self.k)
-        for w in (self.dim, *(self.module_dims or ())):
-            if w % self.head_dim:
-                raise ValueError(f"model width {w} (model.dim / model.module_dims) is not divisible by "
-                                 f"model.head_dim {self.head_dim}")
-        check_min("model.", 1, **{f"module_dims[{i}]": v for i, v in enumerate(self.module_dims or ())},
-                  **{f"module_depths[{i}]": v for i, v in enumerate(self.module_depths or ())})
-        if not 0 <= self.label_dropout < 1 or self.mlp_ratio <= 0:
-            raise ValueError(f"model.label_dropout must be in [0, 1) and model.mlp_ratio > 0, got "
-                             f"{self.label_dropout} and {self.mlp_ratio}")
+        super().__post_init__()
+        check_min(
+            "model.",
+            1,
+            depth=self.depth,
+            z_dim=self.z_dim,
+            num_cond_tokens=self.num_cond_tokens,
+            k=self.k,
+        )
+        check_min(
+            "model.",
+            1,
+            **{f"module_dims[{i}]": v for i, v in enumerate(self.module_dims or ())},
+            **{f"module_depths[{i}]": v for i, v in enumerate(self.module_depths or ())},
+        )
         if self.order not in ORDERS:
             raise ValueError(f"model.order must be one of {ORDERS}, got {self.order!r}")
-        m = GenerationOrder(self.grid_size, self.k, self.order, self.order_offset).num_modules  # validates
+        m = GenerationOrder(
+            self.grid_size, self.k, self.order, self.order_offset
+        ).num_modules  # validates
         for name in ("module_dims", "module_depths", "module_loss_weights"):
             v = getattr(self, name)
             if v is not None and len(v) != m:
-                raise ValueError(f"model.{name} has {len(v)} entries but this grid/k has M={m} modules")
+                raise ValueError(
+                    f"model.{name} has {len(v)} entries but this grid/k has M={m} modules"
+                )
         if self.shared_trunk and (self.module_dims or self.module_depths):
-            raise ValueError("model.shared_trunk=True uses one transformer: unset module_dims/module_depths")
+            raise ValueError(
+                "model.shared_trunk=True uses one transformer: unset module_dims/module_depths"
+            )
         if not 0 <= self.prefix_noise < 1:
             raise ValueError(f"model.prefix_noise must be in [0, 1), got {self.prefix_noise}")
         if not 0 <= self.sample_prefix_noise < 1:
-            raise ValueError(f"model.sample_prefix_noise must be in [0, 1), got {self.sample_prefix_noise}")
-        for name, allowed in (("prefix_noise_mode", PREFIX_NOISE_MODES), ("loss_weighting", LOSS_WEIGHTINGS),
-                              ("embed_init", EMBED_INITS)):
+            raise ValueError(
+                f"model.sample_prefix_noise must be in [0, 1), got {self.sample_prefix_noise}"
+            )
+        for name, allowed in (
+            ("prefix_noise_mode", PREFIX_NOISE_MODES),
+            ("loss_weighting", LOSS_WEIGHTINGS),
+            ("embed_init", EMBED_INITS),
+        ):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
         if self.sample_prefix_noise and self.prefix_noise_mode != "boundary":
-            raise ValueError("model.sample_prefix_noise needs model.prefix_noise_mode='boundary' (the module "
-                             "must be told the level it is trained with)")
+            raise ValueError(
+                "model.sample_prefix_noise needs model.prefix_noise_mode='boundary' (the module "
+                "must be told the level it is trained with)"
+            )
+
+    def widths(self) -> tuple[int, ...]:
+        return (self.dim, *(self.module_dims or ()))
 
 
 class ModuleNet(nn.Module):
@@ -121,16 +140,28 @@ class ModuleNet(nn.Module):
         super().__init__()
         n = cfg.grid_size**2
         self.cfg = cfg
-        self.class_emb = nn.Embedding(cfg.num_classes + 1, width)  # last id = null class
+        self.class_emb = ClassEmbedding(cfg.num_classes, width)
         self.cond_pos = nn.Parameter(torch.zeros(cfg.num_cond_tokens, width))
         self.token_in = nn.Linear(cfg.token_dim, width)
         self.pos = nn.Parameter(torch.zeros(n, width))  # indexed by raster position
         self.query = nn.Parameter(torch.zeros(width))
-        self.patch_emb = nn.Parameter(torch.zeros(cfg.k + 1, width))  # index of the patch in its module
-        self.module_emb = nn.Parameter(torch.zeros(num_module_embeddings, width)) if num_module_embeddings else None
+        self.patch_emb = nn.Parameter(
+            torch.zeros(cfg.k + 1, width)
+        )  # index of the patch in its module
+        self.module_emb = (
+            nn.Parameter(torch.zeros(num_module_embeddings, width))
+            if num_module_embeddings
+            else None
+        )
         # neighbour values + known flags of each query token; the level of the prefix noise
-        self.neighbour_in = nn.Linear(len(_NEIGHBOURS) * (cfg.token_dim + 1), width) if cfg.neighbour_context else None
-        self.level_in = nn.Linear(1, width, bias=False) if cfg.prefix_noise_mode == "boundary" else None
+        self.neighbour_in = (
+            nn.Linear(len(_NEIGHBOURS) * (cfg.token_dim + 1), width)
+            if cfg.neighbour_context
+            else None
+        )
+        self.level_in = (
+            nn.Linear(1, width, bias=False) if cfg.prefix_noise_mode == "boundary" else None
+        )
         for p in (self.cond_pos, self.pos, self.query, self.patch_emb):
             nn.init.trunc_normal_(p, std=0.02)
         if cfg.embed_init == "raster":
@@ -159,14 +190,16 @@ class ModuleNet(nn.Module):
         b = content_BnC.shape[0]
         parts = []
         if labels_B is not None:
-            cond = self.class_emb(labels_B)[:, None, :] + self.cond_pos[None]
+            cond = self.class_emb.tokens(labels_B, self.cond_pos)
             if self.level_in is not None:
                 lv = level_B if level_B is not None else torch.zeros(b, device=cond.device)
                 cond = cond + self.level_in(lv[:, None].to(cond.dtype))[:, None, :]
             parts.append(cond)
         if content_BnC.shape[1]:
             parts.append(self.token_in(content_BnC) + self.pos[content_pos][None])
-        queries = (self.query + self.pos[query_pos] + self.patch_emb[query_patch])[None].expand(b, -1, -1)
+        queries = (self.query + self.pos[query_pos] + self.patch_emb[query_patch])[None].expand(
+            b, -1, -1
+        )
         if self.neighbour_in is not None:
             queries = queries + self.neighbour_in(neighbours_BqF)
         parts.append(queries)
@@ -175,7 +208,14 @@ class ModuleNet(nn.Module):
             h = h + self.module_emb[module - 1]
         return h
 
-    def forward(self, h_BLD: torch.Tensor, mask: torch.Tensor, num_queries: int, caches: Optional[list[KVCache]] = None, start: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        h_BLD: torch.Tensor,
+        mask: torch.Tensor,
+        num_queries: int,
+        caches: Optional[list[KVCache]] = None,
+        start: int = 0,
+    ) -> torch.Tensor:
         out = self.transformer(h_BLD, mask, caches, start)
         return self.z_out(out[:, -num_queries:])
 
@@ -183,14 +223,17 @@ class ModuleNet(nn.Module):
 class NestAR(GenerativeModel):
     """Nested AutoRegressive model with a rectified-flow MLP head."""
 
-    def __init__(self, cfg: NestARConfig):
+    def __init__(self, config: NestARConfig):
         super().__init__()
+        cfg = config
         self.config, self.num_classes = cfg, cfg.num_classes
         self.order = GenerationOrder(cfg.grid_size, cfg.k, cfg.order, cfg.order_offset)
         self.num_modules = self.order.num_modules
         M = self.num_modules
         if cfg.shared_trunk:
-            self.trunks = nn.ModuleList([ModuleNet(cfg, cfg.dim, cfg.depth, num_module_embeddings=M)])
+            self.trunks = nn.ModuleList(
+                [ModuleNet(cfg, cfg.dim, cfg.depth, num_module_embeddings=M)]
+            )
         else:
             dims = cfg.module_dims or (cfg.dim,) * M
             depths = cfg.module_depths or (cfg.depth,) * M
@@ -201,7 +244,9 @@ class NestAR(GenerativeModel):
         self.register_buffer("perm", self.order.perm.clone(), persistent=False)
         self.register_buffer("inv_perm", self.order.inv_perm.clone(), persistent=False)
         self._plans = {m: self._plan(m) for m in range(1, M + 1)}
-        if cfg.neighbour_context:  # buffers, so they move with the model instead of being copied every step
+        if (
+            cfg.neighbour_context
+        ):  # buffers, so they move with the model instead of being copied every step
             for m in range(1, M + 1):
                 idx, known = self._neighbour_table(m)
                 self.register_buffer(f"nb_idx_m{m}", idx, persistent=False)
@@ -219,9 +264,13 @@ class NestAR(GenerativeModel):
         """
         P, S, T = self.order.layout(m)
         n_content = P + (T - 1) * S
-        content_lab = torch.cat([torch.zeros(P, dtype=torch.long), torch.arange(1, T).repeat_interleave(S)])
+        content_lab = torch.cat(
+            [torch.zeros(P, dtype=torch.long), torch.arange(1, T).repeat_interleave(S)]
+        )
         query_lab = torch.arange(1, T + 1).repeat_interleave(S)
-        return dict(P=P, S=S, T=T, n_content=n_content, content_lab=content_lab, query_lab=query_lab)
+        return dict(
+            P=P, S=S, T=T, n_content=n_content, content_lab=content_lab, query_lab=query_lab
+        )
 
     def _neighbour_table(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(order index, known) of the 8 neighbours of each query token of module m, (T*S, 8) each.
@@ -252,7 +301,9 @@ class NestAR(GenerativeModel):
         """The (order index, known) tables of module m built at init (`neighbour_context` only)."""
         return getattr(self, f"nb_idx_m{m}"), getattr(self, f"nb_known_m{m}")
 
-    def _neighbour_features(self, m: int, rows: slice, src_BnC: torch.Tensor) -> Optional[torch.Tensor]:
+    def _neighbour_features(
+        self, m: int, rows: slice, src_BnC: torch.Tensor
+    ) -> Optional[torch.Tensor]:
         """Known-neighbour values and flags of the query rows `rows` of module m, gathered from `src_BnC`."""
         if not self.config.neighbour_context:
             return None
@@ -265,38 +316,67 @@ class NestAR(GenerativeModel):
     def _mask(self, content_lab: torch.Tensor, query_lab: torch.Tensor) -> torch.Tensor:
         """Boolean (L, L) attention mask, True = may attend, over [cond; content; queries]."""
         c = self.config.num_cond_tokens
-        kind = torch.cat([torch.full((c,), _COND), torch.full((len(content_lab),), _CONTENT), torch.full((len(query_lab),), _QUERY)])
+        kind = torch.cat(
+            [
+                torch.full((c,), _COND),
+                torch.full((len(content_lab),), _CONTENT),
+                torch.full((len(query_lab),), _QUERY),
+            ]
+        )
         lab = torch.cat([torch.zeros(c, dtype=torch.long), content_lab, query_lab])
         ki, kj = kind[:, None], kind[None, :]
         li, lj = lab[:, None], lab[None, :]
-        allowed = (kj == _COND) | ((ki == _CONTENT) & (kj == _CONTENT) & (lj <= li)) | (
-            (ki == _QUERY) & (((kj == _CONTENT) & (lj < li)) | ((kj == _QUERY) & (lj == li)))
+        allowed = (
+            (kj == _COND)
+            | ((ki == _CONTENT) & (kj == _CONTENT) & (lj <= li))
+            | ((ki == _QUERY) & (((kj == _CONTENT) & (lj < li)) | ((kj == _QUERY) & (lj == li))))
         )
         return allowed
 
     def sequential_steps(self) -> int:
         return self.order.sequential_steps()
 
+    def transformers(self) -> list[Transformer]:
+        return [t.transformer for t in self.trunks]
+
     # ----- training -------------------------------------------------------------------------
-    def module_conditions(self, m: int, x_ord_BNC: torch.Tensor, labels_B: torch.Tensor, noise_level_B: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def module_conditions(
+        self,
+        m: int,
+        x_ord_BNC: torch.Tensor,
+        labels_B: torch.Tensor,
+        noise_level_B: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Teacher-forced conditions z (B, T*S, z_dim) for all target tokens of module m."""
         pl = self._plans[m]
         dev = x_ord_BNC.device
         P, S, T = pl["P"], pl["S"], pl["T"]
         content = x_ord_BNC[:, : pl["n_content"]]
-        if noise_level_B is not None:  # prefix-noise coordination: corrupt what the module conditions on
-            noisy = self._noised(content if self.config.prefix_noise_mode == "all" else content[:, :P], noise_level_B)
-            content = noisy if self.config.prefix_noise_mode == "all" else torch.cat([noisy, content[:, P:]], 1)
+        if (
+            noise_level_B is not None
+        ):  # prefix-noise coordination: corrupt what the module conditions on
+            noisy = self._noised(
+                content if self.config.prefix_noise_mode == "all" else content[:, :P], noise_level_B
+            )
+            content = (
+                noisy
+                if self.config.prefix_noise_mode == "all"
+                else torch.cat([noisy, content[:, P:]], 1)
+            )
         content_pos = self.perm[: pl["n_content"]]
         query_pos = self.perm[P : P + T * S]
         trunk = self.trunk(m)
         nb = self._neighbour_features(m, slice(None), content)
-        h = trunk.embed(labels_B, content, content_pos, query_pos, pl["query_lab"].to(dev), m, nb, noise_level_B)
+        h = trunk.embed(
+            labels_B, content, content_pos, query_pos, pl["query_lab"].to(dev), m, nb, noise_level_B
+        )
         mask = self._mask(pl["content_lab"], pl["query_lab"]).to(dev)
         return trunk(h, mask, num_queries=T * S)
 
     @staticmethod
-    def _noised(x_BnC: torch.Tensor, level_B: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def _noised(
+        x_BnC: torch.Tensor, level_B: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """x <- (1 - s) x + s eps, one level s per sample."""
         s = level_B[:, None, None].to(x_BnC.dtype)
         eps = torch.randn(x_BnC.shape, generator=generator, device=x_BnC.device, dtype=x_BnC.dtype)
@@ -324,90 +404,104 @@ class NestAR(GenerativeModel):
         return out
 
     # ----- sampling -------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(
-        self,
-        labels: torch.Tensor,
-        *,
-        cfg: float = 1.0,
-        cfg_schedule: str = "linear",
-        temperature: float = 1.0,
-        num_steps: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
-        use_cache: bool = True,
-    ) -> SampleOutput:
-        """Generate tokens for `labels`; `num_steps` = flow-head ODE steps (default from config).
-
-        cfg guides the head's velocity over all channels (v_u + w (v_c - v_u)); cfg == 1 skips the
-        unconditional branch. `use_cache=False` recomputes the full sequence every step (reference path).
-        """
-        labels = self.check_labels(labels)
-        B, N, C = labels.shape[0], self.order.num_tokens, self.config.token_dim
-        guided = cfg != 1.0
-        lab = torch.cat([labels, torch.full_like(labels, self.num_classes)]) if guided else labels
-        B2 = lab.shape[0]
-        dev = self.device
-        dtype = next(self.parameters()).dtype
-        x_ord = torch.zeros(B2, N, C, device=dev, dtype=dtype)
+    def _sample(self, run: GuidedBatch, *, use_cache: bool = True) -> SampleOutput:
+        """Module by module, one patch per step; `use_cache=False` recomputes the full sequence every
+        step (reference path). Guidance acts on the head's velocity over all channels."""
+        B, N, C, c = (
+            run.batch,
+            self.order.num_tokens,
+            self.config.token_dim,
+            self.config.num_cond_tokens,
+        )
+        lab, dev, B2 = run.batch_labels, run.device, run.batch_labels.shape[0]
+        x_ord = torch.zeros(B2, N, C, device=dev, dtype=run.dtype)
         intermediates, known = [], []
         for m in range(1, self.num_modules + 1):
             P, S, T = self.order.layout(m)
             trunk = self.trunk(m)
-            c = self.config.num_cond_tokens
-            caches = trunk.transformer.new_caches(B2, c + P + T * S, dtype, dev) if use_cache else None
-            x_in, level = self._sampling_prefix(x_ord, P, B, guided, generator)
+            caches = (
+                trunk.transformer.new_caches(B2, c + P + T * S, run.dtype, dev)
+                if use_cache
+                else None
+            )
+            x_in, level = self._sampling_prefix(x_ord, P, run)
             start = 0
             for b in range(1, T + 1):
                 n_content = P + (b - 1) * S
-                content_lab = torch.cat([torch.zeros(P, dtype=torch.long), torch.arange(1, b).repeat_interleave(S)])
+                content_lab = torch.cat(
+                    [torch.zeros(P, dtype=torch.long), torch.arange(1, b).repeat_interleave(S)]
+                )
                 query_lab = torch.full((S,), b, dtype=torch.long)
                 query_pos = self.perm[n_content : n_content + S]
                 mask = self._mask(content_lab, query_lab).to(dev)
                 nb = self._neighbour_features(m, slice((b - 1) * S, b * S), x_in)
                 if use_cache:
                     new_from = 0 if b == 1 else n_content - S
-                    h = trunk.embed(lab if b == 1 else None, x_in[:, new_from:n_content], self.perm[new_from:n_content],
-                                    query_pos, query_lab.to(dev), m, nb, level)
+                    h = trunk.embed(
+                        lab if b == 1 else None,
+                        x_in[:, new_from:n_content],
+                        self.perm[new_from:n_content],
+                        query_pos,
+                        query_lab.to(dev),
+                        m,
+                        nb,
+                        level,
+                    )
                     z = trunk(h, mask[-h.shape[1] :], S, caches, start)
-                    start += h.shape[1] - S  # queries' K/V are scratch: the next patch overwrites them
+                    start += (
+                        h.shape[1] - S
+                    )  # queries' K/V are scratch: the next patch overwrites them
                 else:
-                    h = trunk.embed(lab, x_in[:, :n_content], self.perm[:n_content], query_pos, query_lab.to(dev), m,
-                                    nb, level)
+                    h = trunk.embed(
+                        lab,
+                        x_in[:, :n_content],
+                        self.perm[:n_content],
+                        query_pos,
+                        query_lab.to(dev),
+                        m,
+                        nb,
+                        level,
+                    )
                     z = trunk(h, mask, S)
-                z = z.reshape(B2 * S, -1) if not guided else z.reshape(2, B * S, -1)
-                w = cfg_scale(cfg, cfg_schedule, (n_content + S) / N)
-                x_new = self.head.sample(
-                    z[0] if guided else z,
-                    z_uncond_NZ=z[1] if guided else None,
-                    cfg=w,
-                    num_steps=num_steps,
-                    temperature=temperature,
-                    generator=generator,
-                    group_size=S,
-                ).to(dtype)
-                x_new = x_new.view(B, S, C)
-                for x in (x_ord,) if x_in is x_ord else (x_ord, x_in):  # x_in: the noised-prefix copy
-                    x[:B, n_content : n_content + S] = x_new
-                    if guided:
-                        x[B:, n_content : n_content + S] = x_new
+                x_new = run.draw(self.head, z, (n_content + S) / N, group_size=S)
+                for x in (
+                    (x_ord,) if x_in is x_ord else (x_ord, x_in)
+                ):  # x_in: the noised-prefix copy
+                    run.write(x, slice(n_content, n_content + S), x_new)
             intermediates.append(self.order.preview(x_ord[:B, :, :][:, self.inv_perm], P + T * S))
             known.append(self.order.known_mask(P + T * S))
-        return SampleOutput(tokens=x_ord[:B, self.inv_perm], intermediates=intermediates,
-                            sequential_steps=self.sequential_steps(), known=known)
+        return SampleOutput(
+            tokens=x_ord[:B, self.inv_perm],
+            intermediates=intermediates,
+            sequential_steps=self.sequential_steps(),
+            known=known,
+        )
 
-    def _sampling_prefix(self, x_ord: torch.Tensor, P: int, B: int, guided: bool,
-                         generator: Optional[torch.Generator]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _sampling_prefix(
+        self, x_ord: torch.Tensor, P: int, run: GuidedBatch
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """What a module reads at sampling: x_ord itself, or ('boundary' mode with `sample_prefix_noise`)
         a copy whose prefix is noised at the fixed level, one noise draw shared by both guidance halves."""
         cfg = self.config
         if cfg.prefix_noise_mode != "boundary":
             return x_ord, None
-        level = torch.full((x_ord.shape[0],), cfg.sample_prefix_noise if P else 0.0, device=x_ord.device)
+        level = torch.full(
+            (x_ord.shape[0],), cfg.sample_prefix_noise if P else 0.0, device=x_ord.device
+        )
         if not (P and cfg.sample_prefix_noise):
             return x_ord, level
         x_in = x_ord.clone()
-        noisy = self._noised(x_ord[:B, :P], level[:B], generator)
-        x_in[:B, :P] = noisy
-        if guided:
-            x_in[B:, :P] = noisy
+        B = run.batch
+        run.write(x_in, slice(0, P), self._noised(x_ord[:B, :P], level[:B], run.generator))
         return x_in, level
+
+
+register_model(
+    ModelSpec(
+        "nestar",
+        NestARConfig,
+        NestAR,
+        "NestAR: nested AR, one patch of k^(m-1) tokens per step",
+        presets={"tiny": "nestar-tiny", "s": "nestar-s", "fmnist": "nestar-fmnist"},
+    )
+)

@@ -1,4 +1,4 @@
-"""Next-scale baseline, FlowAR-style (SPEC section 3): coarse-to-fine token pyramids, one scale per step.
+"""Next-scale baseline, FlowAR-style (docs/design.md, "Baselines"): coarse-to-fine token pyramids, one scale per step.
 
 Scales: side lengths 1, 2, 4, ..., G (G = grid_size, a power of two), S = log2(G) + 1 of them,
 T = sum of side^2 tokens (341 for G = 16). The target of scale k is the token grid area-downsampled
@@ -26,12 +26,13 @@ Training: flow loss per scale; `scale_loss_weighting='tokens'` weights scale k b
 Sampling: S sequential steps, all tokens of a scale drawn in one head call. KV cache over scales
 (`use_cache=True`): step k feeds only scale k's inputs (plus the condition tokens at k = 0);
 `use_cache=False` recomputes the full prefix every step (reference path). Guidance: doubled batch
-[cond; null] sharing the sampled scales, guidance inside `head.sample`, cfg == 1 runs no
-unconditional branch. With the 'linear' schedule the weight ramps over scales as FlowAR does,
+[cond; null] sharing the sampled scales, guidance inside `head.sample`, guidance_scale == 1 runs
+no unconditional branch. With the 'linear' schedule the weight ramps over scales as FlowAR does,
 progress k / (S - 1) (the first scale unguided) with `cfg_progress='scale'`; `cfg_progress='tokens'`
 uses the share of pyramid tokens known after the step instead. FlowAR's guidance interval on the
 flow time (guidance only for t <= 0.9) is a head feature and is not used: the head is shared.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -43,31 +44,25 @@ from torch import nn
 
 from nestar.config import check_min
 from nestar.heads import FlowHeadConfig, FlowMLPHead
-from nestar.models.base import GenerativeModel, SampleOutput, cfg_scale
-from nestar.models.layers import Transformer
+from nestar.layers import ClassEmbedding, Transformer
+from nestar.models.base import GenerativeModel, GuidedBatch, SampleOutput, TokenModelConfig
+from nestar.models.spec import ModelSpec, register_model
 
 UPSAMPLE_MODES = ("flowar", "bicubic", "bilinear", "nearest")
 
 
 @dataclass
-class NextScaleConfig:
-    """Next-scale (FlowAR-style) hyper-parameters. `grid_size`, `token_dim`, `num_classes` come from data/tokenizer.
+class NextScaleConfig(TokenModelConfig):
+    """Next-scale (FlowAR-style): one block-causal transformer of `depth` blocks (and TokenModelConfig's).
 
-    One block-causal transformer of width `dim` and `depth` blocks; `z_dim` is the head condition width.
-    `upsample`: how scale k-1 becomes scale k's input ('flowar' = bicubic to the full grid, then area
-    down; or a direct F.interpolate mode). `cfg_progress`: 'scale' (FlowAR) or 'tokens'.
+    `z_dim` is the head condition width. `upsample`: how scale k-1 becomes scale k's input
+    ('flowar' = bicubic to the full grid, then area down; or a direct F.interpolate mode).
+    `cfg_progress`: 'scale' (FlowAR) or 'tokens'.
     """
 
-    grid_size: int = 16
-    token_dim: int = 4
-    num_classes: int = 10
-    dim: int = 256
     depth: int = 24
-    head_dim: int = 64
-    mlp_ratio: float = 4.0
     num_cond_tokens: int = 1
     z_dim: int = 256
-    label_dropout: float = 0.1
     upsample: str = "flowar"
     scale_loss_weighting: str = "tokens"
     cfg_progress: str = "scale"
@@ -76,20 +71,22 @@ class NextScaleConfig:
     def __post_init__(self) -> None:
         g = self.grid_size
         if g < 1 or g & (g - 1):
-            raise ValueError(f"model.grid_size must be a power of two for scales 1, 2, 4, ..., got {g}")
-        if self.token_dim < 1:
-            raise ValueError("model.token_dim must be >= 1")
-        check_min("model.", 1, dim=self.dim, depth=self.depth, head_dim=self.head_dim, z_dim=self.z_dim)
-        if self.dim % self.head_dim:
-            raise ValueError(f"model.dim {self.dim} is not divisible by model.head_dim {self.head_dim}")
-        if self.num_cond_tokens < 1:
-            raise ValueError(f"model.num_cond_tokens must be >= 1, got {self.num_cond_tokens}")
-        if self.upsample not in UPSAMPLE_MODES:
-            raise ValueError(f"model.upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
-        if self.scale_loss_weighting not in ("tokens", "uniform"):
-            raise ValueError(f"model.scale_loss_weighting must be 'tokens' or 'uniform', got {self.scale_loss_weighting!r}")
-        if self.cfg_progress not in ("scale", "tokens"):
-            raise ValueError(f"model.cfg_progress must be 'scale' or 'tokens', got {self.cfg_progress!r}")
+            raise ValueError(
+                f"model.grid_size must be a power of two for scales 1, 2, 4, ..., got {g}"
+            )
+        super().__post_init__()
+        check_min(
+            "model.", 1, depth=self.depth, z_dim=self.z_dim, num_cond_tokens=self.num_cond_tokens
+        )
+        for name, allowed in (
+            ("upsample", UPSAMPLE_MODES),
+            ("scale_loss_weighting", ("tokens", "uniform")),
+            ("cfg_progress", ("scale", "tokens")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
 
 
 def _to_grid(x_BnC: torch.Tensor, side: int) -> torch.Tensor:
@@ -106,15 +103,16 @@ def _from_grid(g_BCss: torch.Tensor) -> torch.Tensor:
 class NextScaleAR(GenerativeModel):
     """Coarse-to-fine next-scale AR over area-downsampled token grids with a rectified-flow MLP head."""
 
-    def __init__(self, cfg: NextScaleConfig):
+    def __init__(self, config: NextScaleConfig):
         super().__init__()
+        cfg = config
         self.config, self.num_classes = cfg, cfg.num_classes
         G, w = cfg.grid_size, cfg.dim
         self.sides = [2**k for k in range(G.bit_length())]  # 1, 2, ..., G
         self.counts = [s * s for s in self.sides]
         self.offsets = [sum(self.counts[:k]) for k in range(len(self.sides))]
         self.num_scales, self.num_slots = len(self.sides), sum(self.counts)
-        self.class_emb = nn.Embedding(cfg.num_classes + 1, w)  # last id = null class
+        self.class_emb = ClassEmbedding(cfg.num_classes, w)
         self.cond_pos = nn.Parameter(torch.zeros(cfg.num_cond_tokens, w))
         self.start = nn.Parameter(torch.zeros(w))
         self.token_in = nn.Linear(cfg.token_dim, w)
@@ -129,27 +127,42 @@ class NextScaleAR(GenerativeModel):
         self.z_level = nn.Parameter(torch.zeros(self.num_scales, cfg.z_dim))
         nn.init.trunc_normal_(self.z_level, std=0.02)
         self.head = FlowMLPHead(cfg.token_dim, cfg.z_dim, cfg.head)
-        level = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in enumerate(self.counts)])
+        level = torch.cat(
+            [torch.full((n,), k, dtype=torch.long) for k, n in enumerate(self.counts)]
+        )
         self.register_buffer("level", level, persistent=False)  # scale index of every pyramid slot
         group = torch.cat([torch.zeros(cfg.num_cond_tokens, dtype=torch.long), level + 1])
-        self.register_buffer("mask", group[None, :] <= group[:, None], persistent=False)  # True = may attend
+        self.register_buffer(
+            "mask", group[None, :] <= group[:, None], persistent=False
+        )  # True = may attend
 
     def sequential_steps(self) -> int:
         return self.num_scales
+
+    def transformers(self) -> list[Transformer]:
+        return [self.transformer]
 
     # ----- pyramids ---------------------------------------------------------------------------
     def pyramid(self, tokens_BNC: torch.Tensor) -> list[torch.Tensor]:
         """Area-downsampled targets of every scale, each (B, side^2, C) in raster order."""
         grid = _to_grid(tokens_BNC, self.config.grid_size)
-        return [_from_grid(F.interpolate(grid, size=(s, s), mode="area")) if s < self.config.grid_size else tokens_BNC
-                for s in self.sides]
+        return [
+            _from_grid(F.interpolate(grid, size=(s, s), mode="area"))
+            if s < self.config.grid_size
+            else tokens_BNC
+            for s in self.sides
+        ]
 
     def upsample(self, x_BnC: torch.Tensor, k: int) -> torch.Tensor:
         """Scale k-1's tokens resized to scale k (the input of scale k), (B, side_k^2, C)."""
         g = _to_grid(x_BnC, self.sides[k - 1])
         s, G, mode = self.sides[k], self.config.grid_size, self.config.upsample
         if mode == "flowar":
-            g = F.interpolate(F.interpolate(g, size=(G, G), mode="bicubic", align_corners=False), size=(s, s), mode="area")
+            g = F.interpolate(
+                F.interpolate(g, size=(G, G), mode="bicubic", align_corners=False),
+                size=(s, s),
+                mode="area",
+            )
         elif mode == "nearest":
             g = F.interpolate(g, size=(s, s), mode="nearest")
         else:
@@ -167,7 +180,7 @@ class NextScaleAR(GenerativeModel):
         return h + self.pos[o : o + n] + self.level_emb[k]
 
     def _embed_cond(self, labels_B: torch.Tensor) -> torch.Tensor:
-        return self.class_emb(labels_B)[:, None, :] + self.cond_pos[None]
+        return self.class_emb.tokens(labels_B, self.cond_pos)
 
     def _z(self, out_BnD: torch.Tensor, k: int) -> torch.Tensor:
         return self.z_out(out_BnD) + self.z_level[k]
@@ -176,7 +189,9 @@ class NextScaleAR(GenerativeModel):
         """Teacher-forced conditions z (B, T, z_dim) of every pyramid slot; scale k's depend on scales < k only."""
         B, c = labels_B.shape[0], self.config.num_cond_tokens
         parts = [self._embed_cond(labels_B)]
-        parts += [self._embed_scale(k, pyramid[k - 1] if k else None, B) for k in range(self.num_scales)]
+        parts += [
+            self._embed_scale(k, pyramid[k - 1] if k else None, B) for k in range(self.num_scales)
+        ]
         out = self.transformer(torch.cat(parts, dim=1), self.mask)[:, c:]
         return self.z_out(out) + self.z_level[self.level]
 
@@ -189,7 +204,11 @@ class NextScaleAR(GenerativeModel):
         for k, (o, n) in enumerate(zip(self.offsets, self.counts)):
             loss_k = self.head.loss(pyr[k], z[:, o : o + n])
             out[f"loss_s{k}"] = loss_k.detach()
-            wk = n / self.num_slots if self.config.scale_loss_weighting == "tokens" else 1.0 / self.num_scales
+            wk = (
+                n / self.num_slots
+                if self.config.scale_loss_weighting == "tokens"
+                else 1.0 / self.num_scales
+            )
             total = total + wk * loss_k
         out["loss"] = total
         return out
@@ -200,33 +219,21 @@ class NextScaleAR(GenerativeModel):
             return (self.offsets[k] + self.counts[k]) / self.num_slots
         return k / (self.num_scales - 1) if self.num_scales > 1 else 1.0
 
-    @torch.no_grad()
-    def sample(
-        self,
-        labels: torch.Tensor,
-        *,
-        cfg: float = 1.0,
-        cfg_schedule: str = "linear",
-        temperature: float = 1.0,
-        num_steps: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
-        use_cache: bool = True,
-    ) -> SampleOutput:
-        """Generate tokens for `labels`, one scale per step; `num_steps` = head ODE steps.
+    def _sample(self, run: GuidedBatch, *, use_cache: bool = True) -> SampleOutput:
+        """One scale per step; `use_cache=False` recomputes the prefix every step.
 
         Intermediates: each scale's grid, nearest-upsampled to the full grid (the last is the sample).
         """
-        labels = self.check_labels(labels)
-        B, C, G = labels.shape[0], self.config.token_dim, self.config.grid_size
-        c = self.config.num_cond_tokens
-        guided = cfg != 1.0
-        lab = torch.cat([labels, torch.full_like(labels, self.num_classes)]) if guided else labels
-        B2 = lab.shape[0]
-        dev = self.device
-        dtype = next(self.parameters()).dtype
-        caches = self.transformer.new_caches(B2, c + self.num_slots, dtype, dev) if use_cache else None
-        cond = self._embed_cond(lab)
-        scales: list[torch.Tensor] = []  # generated scales, (B2, side^2, C), shared by both branches
+        G, c, B2 = self.config.grid_size, self.config.num_cond_tokens, run.batch_labels.shape[0]
+        caches = (
+            self.transformer.new_caches(B2, c + self.num_slots, run.dtype, run.device)
+            if use_cache
+            else None
+        )
+        cond = self._embed_cond(run.batch_labels)
+        scales: list[
+            torch.Tensor
+        ] = []  # generated scales, (B2, side^2, C), shared by both branches
         inputs: list[torch.Tensor] = []  # input embeddings of every scale so far (no-cache path)
         intermediates = []
         for k in range(self.num_scales):
@@ -236,24 +243,32 @@ class NextScaleAR(GenerativeModel):
                 h = torch.cat([cond, h_k], dim=1) if k == 0 else h_k
                 start = 0 if k == 0 else c + self.offsets[k]
                 end = start + h.shape[1]
-                # scale k > 0 may see every cached key and itself: no mask (lets SDPA pick its fastest kernel)
-                out = self.transformer(h, self.mask[start:end, :end] if k == 0 else None, caches, start)
+                # scale k > 0 may see every cached key and itself: no mask (SDPA picks its fastest kernel)
+                out = self.transformer(
+                    h, self.mask[start:end, :end] if k == 0 else None, caches, start
+                )
             else:
                 inputs.append(h_k)
                 h = torch.cat([cond, *inputs], dim=1)
                 L = h.shape[1]
                 out = self.transformer(h, self.mask[:L, :L])
-            z = self._z(out[:, -n:], k)  # (B2, n, z_dim)
-            w = cfg_scale(cfg, cfg_schedule, self._progress(k))
-            x_new = self.head.sample(
-                z[:B].reshape(B * n, -1),
-                z_uncond_NZ=z[B:].reshape(B * n, -1) if guided else None,
-                cfg=w,
-                num_steps=num_steps,
-                temperature=temperature,
-                generator=generator,
-            ).to(dtype).view(B, n, C)
-            scales.append(torch.cat([x_new, x_new]) if guided else x_new)
+            x_new = run.draw(self.head, self._z(out[:, -n:], k), self._progress(k))  # (B, n, C)
+            scales.append(run.double(x_new))
             preview = F.interpolate(_to_grid(x_new, self.sides[k]), size=(G, G), mode="nearest")
             intermediates.append(_from_grid(preview))
-        return SampleOutput(tokens=scales[-1][:B].clone(), intermediates=intermediates, sequential_steps=self.num_scales)
+        return SampleOutput(
+            tokens=scales[-1][: run.batch].clone(),
+            intermediates=intermediates,
+            sequential_steps=self.num_scales,
+        )
+
+
+register_model(
+    ModelSpec(
+        "nextscale",
+        NextScaleConfig,
+        NextScaleAR,
+        "next-scale (FlowAR-style): one scale per step",
+        presets={"tiny": "nextscale-tiny", "s": "nextscale-s", "fmnist": "nextscale-fmnist"},
+    )
+)

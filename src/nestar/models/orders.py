@@ -10,6 +10,7 @@ With k = 4 one module doubles the resolution in both axes; with k = 2 it alterna
 An `offset` shifts either order cyclically, so that the first tokens sit at (offset, offset) + the
 sub-lattice instead of the top-left corners (which are background on centred datasets).
 """
+
 from __future__ import annotations
 
 import math
@@ -55,9 +56,13 @@ class GenerationOrder:
         if kind not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {kind!r}")
         if not _is_pow2(grid_size):
-            raise ValueError(f"NestAR needs a square token grid whose side is a power of 2, got {grid_size}")
+            raise ValueError(
+                f"NestAR needs a square token grid whose side is a power of 2, got {grid_size}"
+            )
         if not _is_pow2(k):
-            raise ValueError(f"NestAR's k must be a power of 2 for a square power-of-2 grid, got k={k}")
+            raise ValueError(
+                f"NestAR's k must be a power of 2 for a square power-of-2 grid, got k={k}"
+            )
         if not 0 <= offset < grid_size:
             raise ValueError(f"order offset must be in [0, {grid_size}), got {offset}")
         self.grid_size, self.k, self.kind, self.offset = grid_size, k, kind, offset
@@ -69,7 +74,11 @@ class GenerationOrder:
             for c in range(grid_size):
                 # the offset shifts the grid cyclically: the first token sits at (offset, offset)
                 r0, c0 = (r - offset) % grid_size, (c - offset) % grid_size
-                rr, cc = (_reverse_bits(r0, bits), _reverse_bits(c0, bits)) if kind == "lattice" else (r0, c0)
+                rr, cc = (
+                    (_reverse_bits(r0, bits), _reverse_bits(c0, bits))
+                    if kind == "lattice"
+                    else (r0, c0)
+                )
                 keys.append(_interleave(rr, cc, bits))
         # perm[j] = raster index of the j-th generated token
         self.perm = torch.argsort(torch.tensor(keys))

@@ -1,4 +1,4 @@
-"""Raster AR baseline (SPEC section 3): a causal transformer, one continuous token per step.
+"""Raster AR baseline (docs/design.md, "Baselines"): a causal transformer, one continuous token per step.
 
 Sequence (length c + N - 1, c = `num_cond_tokens`):
     [cond_1 .. cond_c ; x_0 .. x_{N-2}]
@@ -14,62 +14,54 @@ Training teacher-forces all N tokens in one causal pass. Sampling takes N sequen
 preallocated KV cache (`use_cache=True`): step 0 feeds the condition tokens, step i feeds only
 x_{i-1}; `use_cache=False` recomputes the whole prefix every step (reference path). Guidance and
 the head are exactly NestAR's: doubled batch [cond; null] sharing the sampled tokens, guidance
-inside `head.sample`, cfg == 1 runs no unconditional branch.
+inside `head.sample`, guidance_scale == 1 runs no unconditional branch (models/base.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from torch import nn
 
 from nestar.config import check_min
 from nestar.heads import FlowHeadConfig, FlowMLPHead
-from nestar.models.base import GenerativeModel, SampleOutput, cfg_scale
-from nestar.models.layers import Transformer
+from nestar.layers import ClassEmbedding, Transformer
+from nestar.models.base import GenerativeModel, GuidedBatch, SampleOutput, TokenModelConfig
+from nestar.models.spec import ModelSpec, register_model
 
 
 @dataclass
-class RasterARConfig:
-    """Raster AR hyper-parameters. `grid_size`, `token_dim`, `num_classes` are set from the data and tokenizer.
+class RasterARConfig(TokenModelConfig):
+    """Raster AR: one causal transformer of `depth` blocks (and TokenModelConfig's fields).
 
-    One causal transformer of width `dim` and `depth` blocks (attention heads of size `head_dim`);
-    `z_dim` is the width of the head condition. `num_previews`: snapshots in SampleOutput.intermediates.
+    `z_dim` is the width of the head condition; `num_cond_tokens` class tokens lead the sequence;
+    `num_previews`: snapshots in SampleOutput.intermediates.
     """
 
-    grid_size: int = 16
-    token_dim: int = 4
-    num_classes: int = 10
-    dim: int = 256
     depth: int = 24
-    head_dim: int = 64
-    mlp_ratio: float = 4.0
     num_cond_tokens: int = 1
     z_dim: int = 256
-    label_dropout: float = 0.1
     num_previews: int = 4
     head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
 
     def __post_init__(self) -> None:
-        if self.grid_size < 1 or self.token_dim < 1:
-            raise ValueError("model.grid_size and model.token_dim must be >= 1")
-        check_min("model.", 1, dim=self.dim, depth=self.depth, head_dim=self.head_dim, z_dim=self.z_dim)
-        if self.dim % self.head_dim:
-            raise ValueError(f"model.dim {self.dim} is not divisible by model.head_dim {self.head_dim}")
-        if self.num_cond_tokens < 1:
-            raise ValueError(f"model.num_cond_tokens must be >= 1, got {self.num_cond_tokens}")
+        super().__post_init__()
+        check_min(
+            "model.", 1, depth=self.depth, z_dim=self.z_dim, num_cond_tokens=self.num_cond_tokens
+        )
 
 
 class RasterAR(GenerativeModel):
     """Token-by-token causal AR in raster order with a rectified-flow MLP head."""
 
-    def __init__(self, cfg: RasterARConfig):
+    def __init__(self, config: RasterARConfig):
         super().__init__()
+        cfg = config
         self.config, self.num_classes = cfg, cfg.num_classes
         n, w = cfg.grid_size**2, cfg.dim
         self.num_tokens = n
-        self.class_emb = nn.Embedding(cfg.num_classes + 1, w)  # last id = null class
+        self.class_emb = ClassEmbedding(cfg.num_classes, w)
         self.cond_pos = nn.Parameter(torch.zeros(cfg.num_cond_tokens, w))
         self.token_in = nn.Linear(cfg.token_dim, w)
         self.pos = nn.Parameter(torch.zeros(n, w))  # pos[i]: the slot that predicts token i
@@ -84,9 +76,12 @@ class RasterAR(GenerativeModel):
     def sequential_steps(self) -> int:
         return self.num_tokens
 
+    def transformers(self) -> list[Transformer]:
+        return [self.transformer]
+
     # ----- network ----------------------------------------------------------------------------
     def _embed_cond(self, labels_B: torch.Tensor) -> torch.Tensor:
-        h = self.class_emb(labels_B)[:, None, :] + self.cond_pos[None]
+        h = self.class_emb.tokens(labels_B, self.cond_pos)
         last = torch.zeros_like(self.cond_pos)
         last[-1] = self.pos[0]  # the last condition slot predicts token 0
         return h + last[None]
@@ -103,7 +98,9 @@ class RasterAR(GenerativeModel):
     def conditions(self, tokens_BNC: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
         """Teacher-forced conditions z (B, N, z_dim); z[:, i] depends on the label and tokens < i only."""
         c = self.config.num_cond_tokens
-        h = torch.cat([self._embed_cond(labels_B), self._embed_tokens(tokens_BNC[:, :-1], 0)], dim=1)
+        h = torch.cat(
+            [self._embed_cond(labels_B), self._embed_tokens(tokens_BNC[:, :-1], 0)], dim=1
+        )
         out = self.transformer(h, self._causal(h.shape[1], h.device))
         return self.z_out(out[:, c - 1 :])
 
@@ -114,35 +111,19 @@ class RasterAR(GenerativeModel):
         return {"loss": self.head.loss(tokens_BNC, z)}
 
     # ----- sampling ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(
-        self,
-        labels: torch.Tensor,
-        *,
-        cfg: float = 1.0,
-        cfg_schedule: str = "linear",
-        temperature: float = 1.0,
-        num_steps: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
-        use_cache: bool = True,
-    ) -> SampleOutput:
-        """Generate tokens for `labels`, one per step in raster order; `num_steps` = head ODE steps.
+    def _sample(self, run: GuidedBatch, *, use_cache: bool = True) -> SampleOutput:
+        """One token per step in raster order; `use_cache=False` recomputes the prefix every step.
 
-        Guidance weight at token i: cfg_scale(cfg, cfg_schedule, (i + 1) / N). Intermediates:
-        `num_previews` snapshots (known tokens, zeros elsewhere), the last being the sample.
+        Guidance weight at token i: progress (i + 1) / N. Intermediates: `num_previews` snapshots
+        (known tokens, zeros elsewhere), the last being the sample.
         """
-        labels = self.check_labels(labels)
-        B, N, C = labels.shape[0], self.num_tokens, self.config.token_dim
+        B, N, C = run.batch, self.num_tokens, self.config.token_dim
         c = self.config.num_cond_tokens
-        guided = cfg != 1.0
-        lab = torch.cat([labels, torch.full_like(labels, self.num_classes)]) if guided else labels
-        B2 = lab.shape[0]
-        dev = self.device
-        dtype = next(self.parameters()).dtype
-        x = torch.zeros(B2, N, C, device=dev, dtype=dtype)
+        lab, dev = run.batch_labels, run.device
+        x = torch.zeros(lab.shape[0], N, C, device=dev, dtype=run.dtype)
         L = c + N - 1
         mask = self._causal(L, dev)
-        caches = self.transformer.new_caches(B2, L, dtype, dev) if use_cache else None
+        caches = self.transformer.new_caches(lab.shape[0], L, run.dtype, dev) if use_cache else None
         k = self.config.num_previews
         preview_at = {max(1, round(N * (j + 1) / k)) for j in range(k)} if k > 0 else set()
         intermediates = []
@@ -153,24 +134,24 @@ class RasterAR(GenerativeModel):
                 else:
                     h, start = self._embed_tokens(x[:, i - 1 : i], i - 1), c + i - 1
                 end = start + h.shape[1]
-                # one new query that may see every cached key: no mask (lets SDPA pick its fastest kernel)
+                # one new query that may see every cached key: no mask (SDPA picks its fastest kernel)
                 out = self.transformer(h, mask[start:end, :end] if i == 0 else None, caches, start)
             else:
                 h = torch.cat([self._embed_cond(lab), self._embed_tokens(x[:, :i], 0)], dim=1)
                 out = self.transformer(h, mask[: h.shape[1], : h.shape[1]])
             z = self.z_out(out[:, -1])  # (B2, z_dim): the condition of token i
-            w = cfg_scale(cfg, cfg_schedule, (i + 1) / N)
-            x_new = self.head.sample(
-                z[:B],
-                z_uncond_NZ=z[B:] if guided else None,
-                cfg=w,
-                num_steps=num_steps,
-                temperature=temperature,
-                generator=generator,
-            ).to(dtype)
-            x[:B, i] = x_new
-            if guided:
-                x[B:, i] = x_new
+            run.write(x, slice(i, i + 1), run.draw(self.head, z[:, None], (i + 1) / N))
             if i + 1 in preview_at:
                 intermediates.append(x[:B].clone())
         return SampleOutput(tokens=x[:B].clone(), intermediates=intermediates, sequential_steps=N)
+
+
+register_model(
+    ModelSpec(
+        "raster",
+        RasterARConfig,
+        RasterAR,
+        "raster AR: one token per step, causal transformer, KV cache",
+        presets={"tiny": "raster-tiny", "s": "raster-s", "fmnist": "raster-fmnist"},
+    )
+)

@@ -1,4 +1,5 @@
 """Tokenizers: images <-> continuous token grids (B, H*W, C) in raster order."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,12 +34,18 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         if self.name not in TOKENIZER_NAMES:
-            raise ValueError(f"tokenizer.name must be one of {list(TOKENIZER_NAMES)}, got {self.name!r}")
+            raise ValueError(
+                f"tokenizer.name must be one of {list(TOKENIZER_NAMES)}, got {self.name!r}"
+            )
         if self.name == "kl" and not self.path:
-            raise ValueError("tokenizer.path (a directory written by `nestar train-tokenizer`) is required "
-                             "when tokenizer.name='kl'")
+            raise ValueError(
+                "tokenizer.path (a directory written by `nestar train-tokenizer`) is required "
+                "when tokenizer.name='kl'"
+            )
         if self.patch_size < 1:
-            raise ValueError(f"tokenizer.patch_size must be >= 1 and divide data.image_size, got {self.patch_size}")
+            raise ValueError(
+                f"tokenizer.patch_size must be >= 1 and divide data.image_size, got {self.patch_size}"
+            )
         if self.scale is not None and self.scale == 0:
             raise ValueError("tokenizer.scale must be non-zero")
 
@@ -46,9 +53,13 @@ class TokenizerConfig:
 def _kl_geometry(arch, image_size: int, channels: int, what: str) -> tuple[int, int]:
     f = arch.downsample_factor
     if channels != arch.in_channels:
-        raise ValueError(f"{what} expects {arch.in_channels}-channel images but data.channels={channels}")
+        raise ValueError(
+            f"{what} expects {arch.in_channels}-channel images but data.channels={channels}"
+        )
     if image_size % f:
-        raise ValueError(f"data.image_size {image_size} is not divisible by {what}'s downsampling factor {f}")
+        raise ValueError(
+            f"data.image_size {image_size} is not divisible by {what}'s downsampling factor {f}"
+        )
     return image_size // f, arch.z_channels
 
 
@@ -59,9 +70,11 @@ def tokenizer_geometry(cfg: TokenizerConfig, image_size: int, channels: int) -> 
     """
     if cfg.name == "patch":
         if image_size % cfg.patch_size:
-            raise ValueError(f"data.image_size {image_size} is not divisible by tokenizer.patch_size {cfg.patch_size}; "
-                             f"pick a patch size that divides it")
-        return image_size // cfg.patch_size, channels * cfg.patch_size ** 2
+            raise ValueError(
+                f"data.image_size {image_size} is not divisible by tokenizer.patch_size {cfg.patch_size}; "
+                f"pick a patch size that divides it"
+            )
+        return image_size // cfg.patch_size, channels * cfg.patch_size**2
     if cfg.name == "kl16":
         from nestar.tokenizers.kl_vae import kl16_config
 
@@ -69,7 +82,9 @@ def tokenizer_geometry(cfg: TokenizerConfig, image_size: int, channels: int) -> 
     if cfg.name == "kl":
         from nestar.tokenizers.kl_vae import read_kl_dir_config
 
-        return _kl_geometry(read_kl_dir_config(cfg.path)["arch"], image_size, channels, f"the VAE in {cfg.path}")
+        return _kl_geometry(
+            read_kl_dir_config(cfg.path)["arch"], image_size, channels, f"the VAE in {cfg.path}"
+        )
     raise ValueError(f"tokenizer.name must be one of {list(TOKENIZER_NAMES)}, got {cfg.name!r}")
 
 
@@ -97,4 +112,11 @@ def build_tokenizer(cfg: TokenizerConfig, image_size: int, channels: int) -> Tok
     raise ValueError(f"tokenizer.name must be one of {list(TOKENIZER_NAMES)}, got {cfg.name!r}")
 
 
-__all__ = ["PatchTokenizer", "TOKENIZER_NAMES", "Tokenizer", "TokenizerConfig", "build_tokenizer", "tokenizer_geometry"]
+__all__ = [
+    "PatchTokenizer",
+    "TOKENIZER_NAMES",
+    "Tokenizer",
+    "TokenizerConfig",
+    "build_tokenizer",
+    "tokenizer_geometry",
+]

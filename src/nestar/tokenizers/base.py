@@ -1,4 +1,5 @@
 """The tokenizer interface every model trains against."""
+
 from __future__ import annotations
 
 import torch

@@ -14,6 +14,7 @@ so the public checkpoint's state dict maps onto this module key for key.
 `KLTokenizer` wraps an autoencoder behind the `Tokenizer` interface: tokens are the posterior mean
 (or a sample), mapped as (z - shift) * scale and laid out (B, h*w, C) in raster order.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,10 @@ from torch import nn
 
 from nestar.tokenizers.base import Tokenizer
 
-LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # the posterior's log-variance is clamped to this range (as in LDM)
+LOGVAR_MIN, LOGVAR_MAX = (
+    -30.0,
+    20.0,
+)  # the posterior's log-variance is clamped to this range (as in LDM)
 
 
 @dataclass
@@ -58,11 +62,15 @@ class KLAutoencoderConfig:
         self.enc_attn_resolutions = tuple(int(r) for r in self.enc_attn_resolutions)
         self.dec_attn_resolutions = tuple(int(r) for r in self.dec_attn_resolutions)
         if not self.ch_mult or min(self.ch_mult) < 1:
-            raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult}")
+            raise ValueError(
+                f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult}"
+            )
         for m in self.ch_mult:
             if (self.ch * m) % self.norm_groups:
-                raise ValueError(f"channel width {self.ch * m} (ch={self.ch} x {m}) is not divisible by "
-                                 f"norm_groups={self.norm_groups}")
+                raise ValueError(
+                    f"channel width {self.ch * m} (ch={self.ch} x {m}) is not divisible by "
+                    f"norm_groups={self.norm_groups}"
+                )
         if self.num_res_blocks < 1 or self.z_channels < 1:
             raise ValueError("num_res_blocks and z_channels must be >= 1")
 
@@ -87,12 +95,27 @@ def kl16_config() -> KLAutoencoderConfig:
     return KLAutoencoderConfig()
 
 
-def small_vae_config(channels: int = 1, image_size: int = 32, z_channels: int = 4,
-                     ch: int = 32, ch_mult: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1) -> KLAutoencoderConfig:
+def small_vae_config(
+    channels: int = 1,
+    image_size: int = 32,
+    z_channels: int = 4,
+    ch: int = 32,
+    ch_mult: tuple[int, ...] = (1, 2, 2),
+    num_res_blocks: int = 1,
+) -> KLAutoencoderConfig:
     """A small KL-VAE for 32x32 data: (1, 2, 2) gives 8x8 latents; attention only in the middle blocks."""
-    return KLAutoencoderConfig(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks, z_channels=z_channels,
-                               in_channels=channels, out_channels=channels, resolution=image_size,
-                               enc_attn_resolutions=(), dec_attn_resolutions=(), norm_groups=min(32, ch))
+    return KLAutoencoderConfig(
+        ch=ch,
+        ch_mult=ch_mult,
+        num_res_blocks=num_res_blocks,
+        z_channels=z_channels,
+        in_channels=channels,
+        out_channels=channels,
+        resolution=image_size,
+        enc_attn_resolutions=(),
+        dec_attn_resolutions=(),
+        norm_groups=min(32, ch),
+    )
 
 
 # ----- building blocks (names match the LDM/MAR state dict) ----------------------------------
@@ -134,7 +157,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hh, ww = x.shape
         n = self.norm(x)
-        q, k, v = (m(n).flatten(2).transpose(1, 2).unsqueeze(1) for m in (self.q, self.k, self.v))  # B,1,HW,C
+        q, k, v = (
+            m(n).flatten(2).transpose(1, 2).unsqueeze(1) for m in (self.q, self.k, self.v)
+        )  # B,1,HW,C
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.squeeze(1).transpose(1, 2).reshape(b, c, hh, ww)
         return x + self.proj_out(out)
@@ -268,7 +293,9 @@ class Decoder(nn.Module):
 
 
 # ----- posterior helpers ---------------------------------------------------------------------
-def sample_posterior(mean: torch.Tensor, logvar: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_posterior(
+    mean: torch.Tensor, logvar: torch.Tensor, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """A reparameterised sample mean + std * eps of the diagonal Gaussian (logvar clamped)."""
     std = torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
     eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
@@ -296,8 +323,10 @@ class KLAutoencoder(nn.Module):
         """(mean, logvar) of the posterior, each (B, z_channels, s, s); logvar is not clamped."""
         f = self.cfg.downsample_factor
         if x.ndim != 4 or x.shape[1] != self.cfg.in_channels or x.shape[2] % f or x.shape[3] % f:
-            raise ValueError(f"expected images (B, {self.cfg.in_channels}, H, W) with H, W divisible by {f}, "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected images (B, {self.cfg.in_channels}, H, W) with H, W divisible by {f}, "
+                f"got {tuple(x.shape)}"
+            )
         moments = self.quant_conv(self.encoder(x))
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar
@@ -305,8 +334,9 @@ class KLAutoencoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z))
 
-    def forward(self, x: torch.Tensor, sample: bool = True,
-                generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, sample: bool = True, generator: Optional[torch.Generator] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(reconstruction, mean, logvar); the decoder sees a posterior sample (or the mean)."""
         mean, logvar = self.encode_moments(x)
         z = sample_posterior(mean, logvar, generator) if sample else mean
@@ -330,12 +360,21 @@ class KLTokenizer(Tokenizer):
     mean, or a reparameterised sample when `sample_posterior` (MAR trains on samples).
     """
 
-    def __init__(self, vae: KLAutoencoder, image_size: int, scale: float = 1.0, shift: float = 0.0,
-                 sample_posterior: bool = False, name: str = "kl"):
+    def __init__(
+        self,
+        vae: KLAutoencoder,
+        image_size: int,
+        scale: float = 1.0,
+        shift: float = 0.0,
+        sample_posterior: bool = False,
+        name: str = "kl",
+    ):
         super().__init__()
         f = vae.cfg.downsample_factor
         if image_size % f:
-            raise ValueError(f"image_size {image_size} is not divisible by the VAE's downsampling factor {f}")
+            raise ValueError(
+                f"image_size {image_size} is not divisible by the VAE's downsampling factor {f}"
+            )
         self.vae = vae.eval().requires_grad_(False)
         self.image_size, self.channels = image_size, vae.cfg.in_channels
         self.grid_size, self.token_dim = image_size // f, vae.cfg.z_channels
@@ -359,7 +398,9 @@ class KLTokenizer(Tokenizer):
     def _check(self, images: torch.Tensor) -> None:
         want = (self.channels, self.image_size, self.image_size)
         if images.ndim != 4 or tuple(images.shape[1:]) != want:
-            raise ValueError(f"expected images of shape (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(images.shape)}")
+            raise ValueError(
+                f"expected images of shape (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(images.shape)}"
+            )
 
     @torch.no_grad()
     def encode_moments(self, images_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,13 +415,17 @@ class KLTokenizer(Tokenizer):
 
     def tokens_to_latents(self, tokens_BLC: torch.Tensor) -> torch.Tensor:
         b, n, c = tokens_BLC.shape
-        if n != self.grid_size ** 2 or c != self.token_dim:
-            raise ValueError(f"expected tokens (B, {self.grid_size ** 2}, {self.token_dim}), got {tuple(tokens_BLC.shape)}")
+        if n != self.grid_size**2 or c != self.token_dim:
+            raise ValueError(
+                f"expected tokens (B, {self.grid_size**2}, {self.token_dim}), got {tuple(tokens_BLC.shape)}"
+            )
         z = tokens_BLC / self.scale + self.shift
         return z.transpose(1, 2).reshape(b, c, self.grid_size, self.grid_size)
 
     @torch.no_grad()
-    def encode(self, images_BCHW: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def encode(
+        self, images_BCHW: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         mean, logvar = self.encode_moments(images_BCHW)
         z = sample_posterior(mean, logvar, generator) if self.sample_posterior else mean
         return self.latents_to_tokens(z)
@@ -397,8 +442,15 @@ KL_DIR_FORMAT = "nestar-kl-vae/1"
 KL_DIR_CONFIG, KL_DIR_WEIGHTS = "config.json", "model.safetensors"
 
 
-def save_kl_dir(directory, vae: KLAutoencoder, *, image_size: int, latent_scale: float, latent_shift: float,
-                extra: Optional[dict] = None) -> "Path":
+def save_kl_dir(
+    directory,
+    vae: KLAutoencoder,
+    *,
+    image_size: int,
+    latent_scale: float,
+    latent_shift: float,
+    extra: Optional[dict] = None,
+) -> "Path":
     """Write weights (safetensors) then config.json, each atomically; config.json is written last,
     so a directory with a config always has complete weights."""
     from pathlib import Path
@@ -410,10 +462,19 @@ def save_kl_dir(directory, vae: KLAutoencoder, *, image_size: int, latent_scale:
 
     d = Path(directory)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in vae.state_dict().items()}
-    atomic_write(d / KL_DIR_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": KL_DIR_FORMAT}))
-    cfg = {"format": KL_DIR_FORMAT, "arch": vae.cfg.to_dict(), "image_size": int(image_size),
-           "latent_scale": float(latent_scale), "latent_shift": float(latent_shift),
-           "weights": KL_DIR_WEIGHTS, "weights_sha256": state_dict_sha256(vae), **(extra or {})}
+    atomic_write(
+        d / KL_DIR_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": KL_DIR_FORMAT})
+    )
+    cfg = {
+        "format": KL_DIR_FORMAT,
+        "arch": vae.cfg.to_dict(),
+        "image_size": int(image_size),
+        "latent_scale": float(latent_scale),
+        "latent_shift": float(latent_shift),
+        "weights": KL_DIR_WEIGHTS,
+        "weights_sha256": state_dict_sha256(vae),
+        **(extra or {}),
+    }
     save_json(cfg, d / KL_DIR_CONFIG)
     return d
 
@@ -422,20 +483,25 @@ def read_kl_dir_config(directory) -> dict:
     """config.json of a trained VAE directory (no weights are read)."""
     from pathlib import Path
 
-    from nestar.tokenizers.kl16 import TokenizerCheckpointError
+    from nestar.tokenizers.vae_weights import TokenizerCheckpointError
 
     p = Path(directory) / KL_DIR_CONFIG
     if not p.is_file():
         raise TokenizerCheckpointError(
             f"{p} not found: tokenizer.path={directory!s} must be a directory written by "
-            f"`nestar train-tokenizer --out DIR` (config.json + {KL_DIR_WEIGHTS})")
+            f"`nestar train-tokenizer --out DIR` (config.json + {KL_DIR_WEIGHTS})"
+        )
     try:
         cfg = json.loads(p.read_text())
         cfg["arch"] = KLAutoencoderConfig.from_dict(cfg["arch"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise TokenizerCheckpointError(f"{p} is not a valid KL-VAE config ({type(e).__name__}: {e})") from e
+        raise TokenizerCheckpointError(
+            f"{p} is not a valid KL-VAE config ({type(e).__name__}: {e})"
+        ) from e
     if cfg.get("format") != KL_DIR_FORMAT:
-        raise TokenizerCheckpointError(f"{p}: format {cfg.get('format')!r} is not {KL_DIR_FORMAT!r}")
+        raise TokenizerCheckpointError(
+            f"{p}: format {cfg.get('format')!r} is not {KL_DIR_FORMAT!r}"
+        )
     return cfg
 
 
@@ -443,7 +509,7 @@ def load_kl_dir(directory) -> tuple[KLAutoencoder, dict]:
     """(autoencoder with weights, config dict) of a directory written by `save_kl_dir`."""
     from pathlib import Path
 
-    from nestar.tokenizers.kl16 import load_weights, read_state_dict
+    from nestar.tokenizers.vae_weights import load_weights, read_state_dict
 
     cfg = read_kl_dir_config(directory)
     vae = KLAutoencoder(cfg["arch"])

@@ -5,6 +5,7 @@ s-th slice of the concatenated epochs (the last incomplete batch of an epoch is 
 resumed run therefore sees exactly the batches it would have seen without the interruption.
 With `world_size` > 1 each rank takes its contiguous share of the global batch.
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -13,12 +14,23 @@ import torch
 
 
 class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
-    def __init__(self, num_items: int, global_batch: int, seed: int, start_step: int = 0,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        num_items: int,
+        global_batch: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if global_batch > num_items:
-            raise ValueError(f"batch size {global_batch} is larger than the dataset ({num_items} items)")
+            raise ValueError(
+                f"batch size {global_batch} is larger than the dataset ({num_items} items)"
+            )
         if global_batch % world_size:
-            raise ValueError(f"global batch {global_batch} is not divisible by world size {world_size}")
+            raise ValueError(
+                f"global batch {global_batch} is not divisible by world size {world_size}"
+            )
         self.n, self.batch, self.seed, self.start = num_items, global_batch, seed, start_step
         self.rank, self.world = rank, world_size
         self.per_epoch = num_items // global_batch
@@ -41,10 +53,3 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def __len__(self) -> int:  # infinite in practice; DataLoader only needs it for len()
         return 2**62
-
-
-def collate(data):
-    """Batched datasets (`__getitems__`) already return (images, labels) tensors."""
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        return data
-    return torch.utils.data.default_collate(data)

@@ -16,6 +16,7 @@ Conventions (see docs/scaling.md):
   same update as 1 process x 2 micro-batches (up to floating-point summation order).
 - only rank 0 prints, logs, writes sample grids and checkpoints; FSDP state is gathered to it first.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,7 +31,6 @@ from torch import nn
 
 from nestar.utils.device import check_device, parse_device
 
-PARALLEL_MODES = ("ddp", "fsdp")
 _MASK64 = (1 << 64) - 1
 
 
@@ -68,7 +68,9 @@ def device_for_rank(name: str, local_rank: int = 0, field: str = "--train.device
     return parse_device(name, field)
 
 
-def init_distributed(device: str = "auto", timeout_minutes: float = 30.0, field: str = "--train.device") -> DistEnv:
+def init_distributed(
+    device: str = "auto", timeout_minutes: float = 30.0, field: str = "--train.device"
+) -> DistEnv:
     """Join (or start) the default process group when launched by torchrun; otherwise a single process.
 
     The backend follows the device: nccl on CUDA, gloo on CPU. Idempotent: an existing process group
@@ -85,12 +87,17 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0, field:
     dev = device_for_rank(device, local_rank, field)
     if dev.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices are visible; "
-                               f"use --nproc_per_node <= the number of GPUs per node")
+            raise RuntimeError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices are visible; "
+                f"use --nproc_per_node <= the number of GPUs per node"
+            )
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes),
-                            device_id=dev if dev.type == "cuda" else None)
+    dist.init_process_group(
+        backend=backend,
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+        device_id=dev if dev.type == "cuda" else None,
+    )
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend)
 
 
@@ -121,7 +128,9 @@ def all_agree(flag: bool, env: DistEnv) -> tuple[bool, bool]:
     """(all ranks True, any rank True) for a local boolean."""
     if not env.enabled:
         return flag, flag
-    t = torch.tensor([float(flag), float(flag)], device=env.device if env.backend == "nccl" else "cpu")
+    t = torch.tensor(
+        [float(flag), float(flag)], device=env.device if env.backend == "nccl" else "cpu"
+    )
     lo, hi = t[:1].clone(), t[1:].clone()
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
@@ -170,23 +179,17 @@ class LossModule(nn.Module):
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of any nestar model (the units of FSDP sharding)."""
-    from nestar.models.layers import Block
-
-    return [m for m in model.modules() if isinstance(m, Block)]
+    """The units of FSDP sharding and compilation: the backbone blocks the model names."""
+    return model.shard_units()
 
 
 def checkpoint_units(model: nn.Module) -> list[nn.Module]:
-    """Units of activation checkpointing: the transformer blocks and the heads' residual blocks.
+    """Units of activation checkpointing: the backbone's and the head's blocks, as the model names them.
 
     The per-token heads run on (tokens x head batch multiplier) rows, so at ImageNet scale their
     activations outweigh the transformers' (docs/scaling.md).
     """
-    from nestar.heads.flow_mlp import ResBlock
-    from nestar.heads.gmm_ar import AdaLNBlock
-    from nestar.models.layers import Block
-
-    return [m for m in model.modules() if isinstance(m, (Block, ResBlock, AdaLNBlock))]
+    return model.checkpoint_units()
 
 
 class _CheckpointedForward:
@@ -194,7 +197,9 @@ class _CheckpointedForward:
 
     def forward(self, *args, **kwargs):
         if self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
+            return torch.utils.checkpoint.checkpoint(
+                super().forward, *args, use_reentrant=False, **kwargs
+            )
         return super().forward(*args, **kwargs)
 
 
@@ -213,7 +218,9 @@ def apply_activation_checkpointing(model: nn.Module) -> int:
         if issubclass(cls, _CheckpointedForward):
             continue
         if cls not in _CKPT_CLASSES:
-            _CKPT_CLASSES[cls] = type(f"Checkpointed{cls.__name__}", (_CheckpointedForward, cls), {})
+            _CKPT_CLASSES[cls] = type(
+                f"Checkpointed{cls.__name__}", (_CheckpointedForward, cls), {}
+            )
         blk.__class__ = _CKPT_CLASSES[cls]
     return len(blocks)
 
@@ -232,9 +239,14 @@ def wrap_ddp(root: nn.Module, env: DistEnv) -> nn.Module:
     import inspect
 
     # No buffer sync at each forward: the models' buffers are constant index tables.
-    kw = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-          else {"broadcast_buffers": False})
-    return DistributedDataParallel(root, device_ids=[env.device.index] if env.device.type == "cuda" else None, **kw)
+    kw = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        else {"broadcast_buffers": False}
+    )
+    return DistributedDataParallel(
+        root, device_ids=[env.device.index] if env.device.type == "cuda" else None, **kw
+    )
 
 
 class FSDPUnavailableError(RuntimeError):
@@ -260,22 +272,32 @@ def shard_fsdp(root: nn.Module, model: nn.Module, env: DistEnv, bf16: bool) -> n
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     except ImportError as e:  # pragma: no cover - torch < 2.6
-        raise FSDPUnavailableError(f"train.parallel='fsdp' needs torch.distributed.fsdp.fully_shard ({e})") from e
+        raise FSDPUnavailableError(
+            f"train.parallel='fsdp' needs torch.distributed.fsdp.fully_shard ({e})"
+        ) from e
     fp32 = MixedPrecisionPolicy(reduce_dtype=torch.float32, cast_forward_inputs=False)
-    blocks_mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
-                 if bf16 else fp32)
+    blocks_mp = (
+        MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False
+        )
+        if bf16
+        else fp32
+    )
     try:
         mesh = init_device_mesh(env.device.type, (env.world_size,))
         for blk in transformer_blocks(model):
             if bf16:
-                for norm in [m for m in blk.modules() if isinstance(m, nn.LayerNorm) and m.elementwise_affine]:
+                for norm in [
+                    m for m in blk.modules() if isinstance(m, nn.LayerNorm) and m.elementwise_affine
+                ]:
                     fully_shard(norm, mesh=mesh, mp_policy=fp32, reshard_after_forward=False)
             fully_shard(blk, mesh=mesh, mp_policy=blocks_mp)
         fully_shard(root, mesh=mesh, mp_policy=fp32)
     except Exception as e:
         raise FSDPUnavailableError(
             f"fully_shard failed on device {env.device} with backend {env.backend} ({type(e).__name__}: {e}). "
-            f"Use --train.parallel=ddp here; FSDP is meant for CUDA/nccl.") from e
+            f"Use --train.parallel=ddp here; FSDP is meant for CUDA/nccl."
+        ) from e
     return root
 
 
@@ -323,7 +345,9 @@ def indexed_param_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
     out, i = [], 0
     for g in optimizer.param_groups:
         n = len(g["params"])
-        out.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(i, i + n))})
+        out.append(
+            {**{k: v for k, v in g.items() if k != "params"}, "params": list(range(i, i + n))}
+        )
         i += n
     return out
 
@@ -335,14 +359,18 @@ def gather_fsdp_state(root: LossModule, optimizer: torch.optim.Optimizer) -> tup
     prefix); the optimizer state is index-based like `optimizer.state_dict()`, so the checkpoint
     file is the same as a single-process one.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     msd = get_model_state_dict(root, options=opts)
     osd = get_optimizer_state_dict(root, optimizer, options=opts)
     if not msd:  # not rank 0
         return {}, {}
-    model_sd = {k[len("model."):]: v for k, v in msd.items()}
+    model_sd = {k[len("model.") :]: v for k, v in msd.items()}
     fqns = param_fqns(root, optimizer)
     state = {i: osd["state"][f] for i, f in enumerate(fqns) if f in osd.get("state", {})}
     return model_sd, {"state": state, "param_groups": indexed_param_groups(optimizer)}
@@ -361,8 +389,13 @@ def load_sharded_optimizer(optimizer: torch.optim.Optimizer, full_state: dict) -
     for idx, st in full_state["state"].items():
         p = params[int(idx)]
         state[int(idx)] = {
-            k: (distribute_tensor(v.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
-                if hasattr(p, "device_mesh") and torch.is_tensor(v) and v.shape == p.shape else v)
+            k: (
+                distribute_tensor(
+                    v.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None
+                )
+                if hasattr(p, "device_mesh") and torch.is_tensor(v) and v.shape == p.shape
+                else v
+            )
             for k, v in st.items()
         }
     optimizer.load_state_dict({"state": state, "param_groups": full_state["param_groups"]})
@@ -384,7 +417,12 @@ class ShardedEMA:
         self.local = []
         for p, e in zip(self.params, full):
             if hasattr(p, "device_mesh"):
-                d = distribute_tensor(e.detach().to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
+                d = distribute_tensor(
+                    e.detach().to(p.device, p.dtype),
+                    p.device_mesh,
+                    p.placements,
+                    src_data_rank=None,
+                )
                 self.local.append(d.to_local().clone())
             else:
                 self.local.append(e.detach().to(p.device).clone())
@@ -403,7 +441,14 @@ class ShardedEMA:
 
         for p, loc, e in zip(self.params, self.local, ema_full.parameters()):
             if hasattr(p, "device_mesh"):
-                d = DTensor.from_local(loc, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())
+                d = DTensor.from_local(
+                    loc,
+                    p.device_mesh,
+                    p.placements,
+                    run_check=False,
+                    shape=p.shape,
+                    stride=p.stride(),
+                )
                 e.copy_(d.full_tensor())
             else:
                 e.copy_(loc)
@@ -413,7 +458,9 @@ class ShardedEMA:
 
 
 # ----- resuming with another world size -----------------------------------------------------------
-def check_world_size(path, saved: dict, *, world_size: int, grad_accum: int, batch_size: int, allow: bool) -> Optional[str]:
+def check_world_size(
+    path, saved: dict, *, world_size: int, grad_accum: int, batch_size: int, allow: bool
+) -> Optional[str]:
     """Decide whether a checkpoint written with another world size may be resumed.
 
     `saved`: {'world_size', 'grad_accum', 'batch_size'} of the checkpoint. Returns None (same world
@@ -424,27 +471,37 @@ def check_world_size(path, saved: dict, *, world_size: int, grad_accum: int, bat
       then it continues with the same data order but other per-micro-batch random draws;
     - different global batch: refused.
     """
-    from nestar.training.checkpoint import CheckpointError
+    from nestar.serialization import CheckpointError
 
-    sw, sa, sb = int(saved.get("world_size", 1)), int(saved.get("grad_accum", 1)), int(saved.get("batch_size", batch_size))
+    sw, sa, sb = (
+        int(saved.get("world_size", 1)),
+        int(saved.get("grad_accum", 1)),
+        int(saved.get("batch_size", batch_size)),
+    )
     if sw == world_size:
         return None
     was = f"{path} was written by {sw} process(es) (grad_accum={sa}, global batch {sb})"
     now = f"this run has {world_size} (grad_accum={grad_accum}, global batch {batch_size})"
     if sb != batch_size:
-        raise CheckpointError(f"{was}; {now}. Changing both the number of processes and the global batch on "
-                              f"resume is refused: keep --train.batch_size={sb}.")
+        raise CheckpointError(
+            f"{was}; {now}. Changing both the number of processes and the global batch on "
+            f"resume is refused: keep --train.batch_size={sb}."
+        )
     if sw * sa == world_size * grad_accum:
         return f"{was}; {now}: same micro-batches, continuing exactly."
     if allow:
-        return (f"{was}; {now}: continuing (train.allow_world_size_change=True) with the same data order; "
-                f"the per-micro-batch random draws differ from an uninterrupted run.")
+        return (
+            f"{was}; {now}: continuing (train.allow_world_size_change=True) with the same data order; "
+            f"the per-micro-batch random draws differ from an uninterrupted run."
+        )
     hint = ""
     if (sw * sa) % world_size == 0 and batch_size % (sw * sa) == 0:
         hint = f" --train.grad_accum={sw * sa // world_size} gives an exact continuation;"
-    raise CheckpointError(f"{was}; {now}. Resuming with another number of processes is refused by default "
-                          f"(nothing was changed).{hint} or pass --train.allow_world_size_change=True to continue "
-                          f"with the same global batch and data order but different random draws.")
+    raise CheckpointError(
+        f"{was}; {now}. Resuming with another number of processes is refused by default "
+        f"(nothing was changed).{hint} or pass --train.allow_world_size_change=True to continue "
+        f"with the same global batch and data order but different random draws."
+    )
 
 
 # ----- distributed sampling -----------------------------------------------------------------------
@@ -453,8 +510,17 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def distributed_sample(pipeline, labels, *, seed: int = 0, chunk_size: int = 64, dst: int = 0, as_uint8: bool = False,
-                       progress: bool = False, **sample_kwargs) -> Optional[torch.Tensor]:
+def distributed_sample(
+    pipeline,
+    labels,
+    *,
+    seed: int = 0,
+    chunk_size: int = 64,
+    dst: int = 0,
+    as_uint8: bool = False,
+    progress: bool = False,
+    **sample_kwargs,
+) -> Optional[torch.Tensor]:
     """Sample images for `labels` on all ranks of the default process group; rank `dst` gets them in order.
 
     `labels` is cut into chunks of `chunk_size`; chunk c is sampled in one batch with a generator
@@ -490,7 +556,12 @@ def distributed_sample(pipeline, labels, *, seed: int = 0, chunk_size: int = 64,
     shape = (chunk_size, cfg.channels, cfg.image_size, cfg.image_size)
     out = []
     rounds = range(0, len(chunks), world)
-    for first in tqdm(rounds, desc=f"sampling ({world} ranks)", disable=not (progress and rank == dst), dynamic_ncols=True):
+    for first in tqdm(
+        rounds,
+        desc=f"sampling ({world} ranks)",
+        disable=not (progress and rank == dst),
+        dynamic_ncols=True,
+    ):
         c = first + rank
         buf = torch.zeros(shape, device=comm)
         if c < len(chunks):
@@ -506,9 +577,27 @@ def distributed_sample(pipeline, labels, *, seed: int = 0, chunk_size: int = 64,
 
 
 __all__ = [
-    "DistEnv", "FSDPUnavailableError", "LossModule", "PARALLEL_MODES", "ShardedEMA", "all_reduce_mean",
-    "apply_activation_checkpointing", "barrier", "check_world_size", "checkpoint_units", "chunk_seed", "compile_blocks",
-    "device_for_rank", "distributed_sample", "gather_fsdp_state", "init_distributed", "launched_by_torchrun",
-    "load_sharded_optimizer", "micro_batch_seed", "mix_seed", "shard_fsdp", "shutdown_distributed",
-    "transformer_blocks", "wrap_ddp",
+    "DistEnv",
+    "FSDPUnavailableError",
+    "LossModule",
+    "ShardedEMA",
+    "all_reduce_mean",
+    "apply_activation_checkpointing",
+    "barrier",
+    "check_world_size",
+    "checkpoint_units",
+    "chunk_seed",
+    "compile_blocks",
+    "device_for_rank",
+    "distributed_sample",
+    "gather_fsdp_state",
+    "init_distributed",
+    "launched_by_torchrun",
+    "load_sharded_optimizer",
+    "micro_batch_seed",
+    "mix_seed",
+    "shard_fsdp",
+    "shutdown_distributed",
+    "transformer_blocks",
+    "wrap_ddp",
 ]

@@ -3,6 +3,7 @@
 The EMA is an ordinary nn.Module (same class as the model), so it is saved, exported and sampled
 from exactly like the model itself.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,13 +36,3 @@ def update_ema(ema: nn.Module, model: nn.Module, step: int, decay: float) -> flo
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
     return d
-
-
-class EMA:
-    """Object form of the functions above: `.module` holds the averaged copy (Trainer.ema is that module)."""
-
-    def __init__(self, model: nn.Module):
-        self.module = make_ema(model)
-
-    def update(self, model: nn.Module, step: int, decay: float) -> float:
-        return update_ema(self.module, model, step, decay)

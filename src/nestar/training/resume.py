@@ -1,6 +1,6 @@
 """What may change when a run is resumed, and the record of what did (docs/design.md, "Resume").
 
-`check_config` (training/checkpoint.py) refuses any change to the network-defining sections
+`check_config` (nestar/serialization.py) refuses any change to the network-defining sections
 (model_type, model, tokenizer, data). This module covers the rest of the run config:
 
 - exempt fields change freely and are not recorded: they do not touch the weights (logging,
@@ -16,16 +16,27 @@
 The record is `RunConfig.history`: a list of {"step": S, "changes": {field: [old, new]}}, kept in
 config.json and in every checkpoint, so a run directory always says how its weights were made.
 """
+
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 from typing import Any, Optional
 
-EXEMPT_FIELDS = frozenset({
-    "preset", "history", "train.log_every", "train.sample_every", "train.ckpt_every", "train.num_workers",
-    "train.device", "train.compile", "train.activation_checkpointing", "train.allow_world_size_change",
-})
+EXEMPT_FIELDS = frozenset(
+    {
+        "preset",
+        "history",
+        "train.log_every",
+        "train.sample_every",
+        "train.ckpt_every",
+        "train.num_workers",
+        "train.device",
+        "train.compile",
+        "train.activation_checkpointing",
+        "train.allow_world_size_change",
+    }
+)
 EXEMPT_SECTIONS = ("sample.",)  # sampling defaults: used for grids and Pipeline, never for updates
 FREE_FIELDS = frozenset({"train.steps", "train.parallel"})  # change without a flag, but recorded
 
@@ -58,27 +69,41 @@ def _fmt(value: Any) -> str:
     return repr(tuple(value)) if isinstance(value, list) else repr(value)
 
 
-def reconcile_resume(cfg, info: Optional[dict], path, *, world_size: int = 1, allow: bool = False) -> list[str]:
+def reconcile_resume(
+    cfg, info: Optional[dict], path, *, world_size: int = 1, allow: bool = False
+) -> list[str]:
     """Check `cfg` against the checkpoint header `info` (None: a fresh run) and set `cfg.history`.
 
     Returns notices to print. Raises CheckpointError listing each blocked change (nothing written).
     """
     from nestar.registry import config_to_dict, load_run_config
-    from nestar.training.checkpoint import MATCHED_SECTIONS, CheckpointError
+    from nestar.serialization import MATCHED_SECTIONS, CheckpointError
 
-    if info is None:  # a fresh run: a history copied in with --config describes another run's weights
-        notices = ["the history in this config belongs to another run and is dropped"] if cfg.history else []
+    if (
+        info is None
+    ):  # a fresh run: a history copied in with --config describes another run's weights
+        notices = (
+            ["the history in this config belongs to another run and is dropped"]
+            if cfg.history
+            else []
+        )
         cfg.history = []
         return notices
-    saved = config_to_dict(load_run_config(info["config"]))  # fields added since then take their defaults
-    skip = tuple(s if s == "model_type" else s + "." for s in MATCHED_SECTIONS)  # check_config's business
+    saved = config_to_dict(
+        load_run_config(info["config"])
+    )  # fields added since then take their defaults
+    skip = tuple(
+        s if s == "model_type" else s + "." for s in MATCHED_SECTIONS
+    )  # check_config's business
     if info.get("world_size", 1) != world_size:
         skip += ("train.grad_accum",)  # another layout: distributed.check_world_size decides
     changes = config_changes(saved, config_to_dict(cfg), skip)
     step = info["step"]
     if cfg.train.steps < step:
-        raise CheckpointError(f"checkpoint {path} is at step {step}, beyond --train.steps={cfg.train.steps}: "
-                              f"pass --train.steps={saved['train']['steps']} (or more) to resume it")
+        raise CheckpointError(
+            f"checkpoint {path} is at step {step}, beyond --train.steps={cfg.train.steps}: "
+            f"pass --train.steps={saved['train']['steps']} (or more) to resume it"
+        )
     blocked = {k: v for k, v in changes.items() if k not in FREE_FIELDS}
     if blocked and not allow:
         lines = "\n".join(f"  {k}: {_fmt(old)} -> {_fmt(new)}" for k, (old, new) in blocked.items())
@@ -87,7 +112,8 @@ def reconcile_resume(cfg, info: Optional[dict], path, *, world_size: int = 1, al
             f"checkpoint {path} (step {step}) was trained with other settings; resuming would change:\n{lines}\n"
             f"Nothing was changed. To continue as it was trained, pass {keep} (or --config with the run's "
             f"config.json); to continue with the new settings, pass --allow-config-change (recorded in "
-            f"config.json under 'history').")
+            f"config.json under 'history')."
+        )
     cfg.history = list(saved.get("history") or [])
     if changes:
         cfg.history.append({"step": step, "changes": changes})
@@ -102,8 +128,10 @@ def _steps_notice(old_train: dict, new_train, step: int) -> str:
     old = TrainConfig(**{**old_train, "betas": tuple(old_train["betas"])})
     msg = f"train.steps {old.steps} -> {new_train.steps}: continuing from step {step}"
     if new_train.lr_schedule == "cosine":
-        msg += (f"; the cosine LR now follows the {new_train.steps}-step schedule "
-                f"({lr_at(step, old):.3g} -> {lr_at(step, new_train):.3g} at step {step})")
+        msg += (
+            f"; the cosine LR now follows the {new_train.steps}-step schedule "
+            f"({lr_at(step, old):.3g} -> {lr_at(step, new_train):.3g} at step {step})"
+        )
     return msg + " (recorded in config.json under 'history')"
 
 

@@ -10,6 +10,7 @@ Under torchrun the same Trainer runs data-parallel (DDP or FSDP2, `train.paralle
 accumulation (`train.grad_accum`); rank 0 alone logs, samples and writes checkpoints. See
 training/distributed.py and docs/scaling.md.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,16 +26,23 @@ import torch
 from tqdm import tqdm
 
 from nestar.config import ConfigError, save_json
-from nestar.data import build_dataset, to_float
+from nestar.data import build_dataset, collate, to_float
 from nestar.errors import DataError, RunLockedError, UserError
 from nestar.registry import RunConfig, build_model, config_to_dict, resolve
 from nestar.tokenizers import build_tokenizer
 from nestar.training import distributed as D
-from nestar.training.checkpoint import (
-    CheckpointCorruptError, CheckpointError, check_config, load_checkpoint, nonfinite_report, read_checkpoint_info,
-    read_optimizer_state, save_pretrained, write_checkpoint,
+from nestar.serialization import (
+    CheckpointCorruptError,
+    CheckpointError,
+    check_config,
+    load_checkpoint,
+    nonfinite_report,
+    read_checkpoint_info,
+    read_optimizer_state,
+    save_pretrained,
+    write_checkpoint,
 )
-from nestar.training.data_order import StepBatchSampler, collate
+from nestar.training.data_order import StepBatchSampler
 from nestar.training.ema import make_ema, update_ema
 from nestar.training.lr import apply_hparams, lr_at, make_optimizer
 from nestar.training.resume import last_logged_loss, reconcile_resume
@@ -44,7 +52,7 @@ from nestar.utils.io import atomic_write_text, remove_orphan_tmp
 from nestar.utils.lock import RunLock
 from nestar.utils.precision import resolve_precision
 
-__all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "lr_at", "make_optimizer", "resolve_device"]
+__all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "lr_at", "make_optimizer"]
 
 
 class TrainingDivergedError(UserError, RuntimeError):
@@ -54,18 +62,14 @@ class TrainingDivergedError(UserError, RuntimeError):
 @dataclass
 class TrainResult:
     steps: int  # global step reached (including steps of earlier, resumed invocations)
-    final_loss: float  # loss of the last update (if this invocation did none: the last one in log.csv)
+    final_loss: (
+        float  # loss of the last update (if this invocation did none: the last one in log.csv)
+    )
     seconds: float
     images_per_sec: float
     run_dir: Path
     checkpoint: Path
     precision: str = "fp32"  # what the forward passes ran in: 'fp32' or 'bf16' autocast
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class _MicroBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -78,7 +82,7 @@ class _MicroBatchSampler(torch.utils.data.Sampler[list[int]]):
         for idx in self.steps:
             size = len(idx) // self.accum
             for j in range(self.accum):
-                yield idx[j * size:(j + 1) * size]
+                yield idx[j * size : (j + 1) * size]
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -96,8 +100,16 @@ class Trainer:
     `step` (updates done so far).
     """
 
-    def __init__(self, cfg: RunConfig, run_dir, *, resume: bool = True, progress: bool = True, dataset=None,
-                 allow_config_change: bool = False):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir,
+        *,
+        resume: bool = True,
+        progress: bool = True,
+        dataset=None,
+        allow_config_change: bool = False,
+    ):
         cfg = resolve(cfg)
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self._allow_config_change = allow_config_change
@@ -124,31 +136,46 @@ class Trainer:
         self.fsdp = env.enabled and tc.parallel == "fsdp"
         micro_batches = env.world_size * tc.grad_accum
         if tc.batch_size % micro_batches:
-            raise ConfigError(f"train.batch_size={tc.batch_size} (the global batch) must be divisible by world_size x "
-                              f"train.grad_accum = {env.world_size} x {tc.grad_accum}")
+            raise ConfigError(
+                f"train.batch_size={tc.batch_size} (the global batch) must be divisible by world_size x "
+                f"train.grad_accum = {env.world_size} x {tc.grad_accum}"
+            )
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
         tok = build_tokenizer(cfg.tokenizer, cfg.data.image_size, cfg.data.channels)
-        self.tokenizer = tok.to(self.device).eval().requires_grad_(False)  # frozen (VAE tokenizers too)
+        self.tokenizer = (
+            tok.to(self.device).eval().requires_grad_(False)
+        )  # frozen (VAE tokenizers too)
         self.model = build_model(cfg).to(self.device)
         self.ema = make_ema(self.model)
         self.optimizer = None if self.fsdp else make_optimizer(self.model, tc)
         if dataset is None and cfg.data.latent_cache:
             from nestar.data.latents import CachedLatentDataset
 
-            dataset = CachedLatentDataset(cfg.data.latent_cache, tokenizer=tok, image_size=cfg.data.image_size)
+            dataset = CachedLatentDataset(
+                cfg.data.latent_cache, tokenizer=tok, image_size=cfg.data.image_size
+            )
         self.dataset = dataset if dataset is not None else build_dataset(cfg.data, "train")
         self._check_dataset()
         ckpt_dir = self.run_dir / "checkpoints"
-        self.ckpt_path, self.prev_path = ckpt_dir / "last.safetensors", ckpt_dir / "prev.safetensors"
+        self.ckpt_path, self.prev_path = (
+            ckpt_dir / "last.safetensors",
+            ckpt_dir / "prev.safetensors",
+        )
         self.step = 0
-        self.ckpt_step: Optional[int] = None  # step of the last checkpoint this run wrote or resumed from
-        self.ckpt_file: Optional[Path] = None  # the file holding it (prev.safetensors after a fallback)
+        self.ckpt_step: Optional[int] = (
+            None  # step of the last checkpoint this run wrote or resumed from
+        )
+        self.ckpt_file: Optional[Path] = (
+            None  # the file holding it (prev.safetensors after a fallback)
+        )
         self._last_batch: Optional[dict] = None
         found = resume and (self.ckpt_path.exists() or self.prev_path.exists())
         every, anyone = D.all_agree(found, env)
         if every != anyone:
-            raise CheckpointError(f"{self.ckpt_path} exists for some ranks but not others: the run directory must be "
-                                  f"on a file system shared by all nodes")
+            raise CheckpointError(
+                f"{self.ckpt_path} exists for some ranks but not others: the run directory must be "
+                f"on a file system shared by all nodes"
+            )
         if found:  # a mismatch raises before anything is written
             self._resume()  # also checks the settings against the checkpoint's (training/resume.py)
         else:
@@ -169,7 +196,9 @@ class Trainer:
                 try:
                     D.load_sharded_optimizer(self.optimizer, read_optimizer_state(self.ckpt_file))
                 except (ValueError, KeyError) as e:
-                    raise CheckpointError(f"checkpoint {self.ckpt_file}: optimizer state does not fit ({e})") from e
+                    raise CheckpointError(
+                        f"checkpoint {self.ckpt_file}: optimizer state does not fit ({e})"
+                    ) from e
             self._train_module = self._root
         elif env.enabled:
             self._train_module = D.wrap_ddp(self._root, env)
@@ -182,11 +211,17 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if found and self.ckpt_file == self.prev_path and self.ckpt_path.exists():
                 bad = self.ckpt_path.with_name(self.ckpt_path.name + ".corrupt")
-                os.replace(self.ckpt_path, bad)  # else the next save would rotate it over the good prev
+                os.replace(
+                    self.ckpt_path, bad
+                )  # else the next save would rotate it over the good prev
                 self._note(f"moved the unusable {self.ckpt_path.name} to {bad}")
             save_json(config_to_dict(cfg), self.run_dir / "config.json")
             self._trim_log()
-        self._tb = TensorBoardLogger(self.run_dir / "tensorboard", self.step) if tc.tensorboard and env.is_main else None
+        self._tb = (
+            TensorBoardLogger(self.run_dir / "tensorboard", self.step)
+            if tc.tensorboard and env.is_main
+            else None
+        )
         D.barrier(env)
 
     # -- run directory -----------------------------------------------------------------------
@@ -221,20 +256,30 @@ class Trainer:
         dirs = [self.run_dir, self.run_dir / "checkpoints", self.run_dir / "model"]
         n, size = remove_orphan_tmp(dirs)
         if n:
-            self._note(f"removed {n} orphaned temporary file(s) ({size / 1e6:.1f} MB) left by an interrupted write")
+            self._note(
+                f"removed {n} orphaned temporary file(s) ({size / 1e6:.1f} MB) left by an interrupted write"
+            )
 
     def _check_dataset(self) -> None:
         tc, n_cls = self.cfg.train, self.cfg.data.num_classes
         skipped = len(getattr(self.dataset, "skipped", ()))
         if len(self.dataset) < tc.batch_size:
-            raise DataError(f"the training data has {len(self.dataset)} usable item(s)"
-                            + (f" ({skipped} unreadable file(s) skipped)" if skipped else "")
-                            + f", fewer than one batch (train.batch_size={tc.batch_size}); add data or lower "
-                            f"--train.batch_size")
+            raise DataError(
+                f"the training data has {len(self.dataset)} usable item(s)"
+                + (f" ({skipped} unreadable file(s) skipped)" if skipped else "")
+                + f", fewer than one batch (train.batch_size={tc.batch_size}); add data or lower "
+                f"--train.batch_size"
+            )
         labels = getattr(self.dataset, "labels", None)
-        if torch.is_tensor(labels) and labels.numel() and (labels.min() < 0 or labels.max() >= n_cls):
+        if (
+            torch.is_tensor(labels)
+            and labels.numel()
+            and (labels.min() < 0 or labels.max() >= n_cls)
+        ):
             bad = int(((labels < 0) | (labels >= n_cls)).sum())
-            raise DataError(f"{bad} training label(s) outside [0, {n_cls}) (data.num_classes={n_cls})")
+            raise DataError(
+                f"{bad} training label(s) outside [0, {n_cls}) (data.num_classes={n_cls})"
+            )
 
     def _resume(self) -> None:
         """Load last.safetensors, or prev.safetensors (with a message) when the last one is unusable."""
@@ -246,11 +291,15 @@ class Trainer:
             except CheckpointCorruptError as e:
                 if i + 1 == len(candidates):
                     raise
-                self._note(f"{e}; resuming from the previous checkpoint {candidates[i + 1]} instead")
+                self._note(
+                    f"{e}; resuming from the previous checkpoint {candidates[i + 1]} instead"
+                )
         every, anyone = D.all_agree(self.ckpt_file == self.prev_path, self.dist)
         if every != anyone:
-            raise CheckpointError(f"the ranks disagree on which checkpoint of {self.run_dir} is readable: the run "
-                                  f"directory must be on a file system shared by all nodes")
+            raise CheckpointError(
+                f"the ranks disagree on which checkpoint of {self.run_dir} is readable: the run "
+                f"directory must be on a file system shared by all nodes"
+            )
 
     def _load(self, path: Path) -> None:
         tc, env = self.cfg.train, self.dist
@@ -258,14 +307,29 @@ class Trainer:
         check_config(path, info["config"], self.cfg)
         train_cfg = info["config"].get("train", {})
         notice = D.check_world_size(
-            path, {**info, "batch_size": train_cfg.get("batch_size", tc.batch_size) if isinstance(train_cfg, dict)
-                   else tc.batch_size},
-            world_size=env.world_size, grad_accum=tc.grad_accum, batch_size=tc.batch_size,
-            allow=tc.allow_world_size_change)
-        self.notices = reconcile_resume(self.cfg, info, path, world_size=env.world_size,
-                                        allow=self._allow_config_change)  # raises on unflagged changes
-        state = load_checkpoint(path, model=self.model, ema=self.ema, optimizer=self.optimizer,
-                                config=self.cfg, restore_rng=True)
+            path,
+            {
+                **info,
+                "batch_size": train_cfg.get("batch_size", tc.batch_size)
+                if isinstance(train_cfg, dict)
+                else tc.batch_size,
+            },
+            world_size=env.world_size,
+            grad_accum=tc.grad_accum,
+            batch_size=tc.batch_size,
+            allow=tc.allow_world_size_change,
+        )
+        self.notices = reconcile_resume(
+            self.cfg, info, path, world_size=env.world_size, allow=self._allow_config_change
+        )  # raises on unflagged changes
+        state = load_checkpoint(
+            path,
+            model=self.model,
+            ema=self.ema,
+            optimizer=self.optimizer,
+            config=self.cfg,
+            restore_rng=True,
+        )
         if notice:
             self._note(notice)
         self.step = self.ckpt_step = state["step"]
@@ -275,12 +339,18 @@ class Trainer:
     def _batches(self):
         """Micro-batches of this rank: grad_accum per step, from the global (seed, step) data order."""
         tc, env = self.cfg.train, self.dist
-        steps = StepBatchSampler(len(self.dataset), tc.batch_size, tc.seed, self.step, env.rank, env.world_size)
+        steps = StepBatchSampler(
+            len(self.dataset), tc.batch_size, tc.seed, self.step, env.rank, env.world_size
+        )
         # An own generator: the default one would draw from the global RNG and break exact resume.
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=_MicroBatchSampler(steps, tc.grad_accum),
-                                             collate_fn=collate, num_workers=tc.num_workers,
-                                             pin_memory=self.device.type == "cuda",
-                                             generator=torch.Generator().manual_seed(tc.seed + self.step + 7919 * env.rank))
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=_MicroBatchSampler(steps, tc.grad_accum),
+            collate_fn=collate,
+            num_workers=tc.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(tc.seed + self.step + 7919 * env.rank),
+        )
         return iter(loader)
 
     def _sync_ema(self) -> None:
@@ -298,8 +368,12 @@ class Trainer:
         tc, env = self.cfg.train, self.dist
         layout = dict(world_size=env.world_size, grad_accum=tc.grad_accum)
         after = self._loss_after_update()
-        if not math.isfinite(after):  # finite but exploded weights (e.g. ~1e30) pass the value check below
-            raise TrainingDivergedError(self._nonfinite_msg(f"the loss of the updated weights is {after}"))
+        if not math.isfinite(
+            after
+        ):  # finite but exploded weights (e.g. ~1e30) pass the value check below
+            raise TrainingDivergedError(
+                self._nonfinite_msg(f"the loss of the updated weights is {after}")
+            )
         model_sd, optim_sd = {}, {}
         if self.fsdp:
             model_sd, optim_sd = D.gather_fsdp_state(self._root, self.optimizer)
@@ -310,11 +384,23 @@ class Trainer:
         bad = nonfinite_report(model_sd, ema_sd, optim_sd) if env.is_main else ""
         _, any_bad = D.all_agree(bool(bad), env)
         if any_bad:
-            raise TrainingDivergedError(self._nonfinite_msg(f"{bad or 'non-finite values'} in the weights, EMA or "
-                                                            f"optimizer state"))
+            raise TrainingDivergedError(
+                self._nonfinite_msg(
+                    f"{bad or 'non-finite values'} in the weights, EMA or optimizer state"
+                )
+            )
         if env.is_main:
-            write_checkpoint(self.ckpt_path, model_state=model_sd, ema_state=ema_sd, optimizer_state=optim_sd,
-                             step=self.step, config=self.cfg, extra={"loss": loss}, previous=self.prev_path, **layout)
+            write_checkpoint(
+                self.ckpt_path,
+                model_state=model_sd,
+                ema_state=ema_sd,
+                optimizer_state=optim_sd,
+                step=self.step,
+                config=self.cfg,
+                extra={"loss": loss},
+                previous=self.prev_path,
+                **layout,
+            )
         D.barrier(env)
         self.ckpt_step, self.ckpt_file = self.step, self.ckpt_path
 
@@ -343,15 +429,23 @@ class Trainer:
         if "step" not in fields:  # empty, or no header: nothing in it can be trusted
             if text.strip():
                 os.replace(path, path.with_name("log.csv.unreadable"))
-                self._note(f"{path} had no header; moved it to log.csv.unreadable and started a new log")
+                self._note(
+                    f"{path} had no header; moved it to log.csv.unreadable and started a new log"
+                )
             else:
                 path.unlink()
             return
         rows = list(reader)
         if rows and not text.endswith("\n"):
             rows.pop()  # the last line was cut by a kill mid-append
-        keep = [r for r in rows if None not in r and None not in r.values() and r["step"].isdigit()
-                and int(r["step"]) <= self.step]
+        keep = [
+            r
+            for r in rows
+            if None not in r
+            and None not in r.values()
+            and r["step"].isdigit()
+            and int(r["step"]) <= self.step
+        ]
         if len(keep) == len(rows) and text.endswith("\n"):
             return
         out = io.StringIO()
@@ -378,21 +472,18 @@ class Trainer:
         # At most 16 rows (evenly spaced classes): ImageNet's 1000 classes would take 8000 samples.
         classes = torch.arange(n) if n <= 16 else torch.linspace(0, n - 1, 16).round().long()
         labels = classes.repeat_interleave(per_class)
-        out = self.ema.sample(labels, cfg=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
-                              num_steps=s.num_steps, generator=torch.Generator().manual_seed(s.seed))
+        out = self.ema.sample(
+            labels,
+            guidance_scale=s.cfg,
+            cfg_schedule=s.cfg_schedule,
+            temperature=s.temperature,
+            num_steps=s.num_steps,
+            generator=torch.Generator().manual_seed(s.seed),
+        )
         images = torch.cat([self.tokenizer.decode(t).clamp(-1, 1) for t in out.tokens.split(64)])
-        return save_grid(images, path, nrow=per_class, scale=2 if self.cfg.data.image_size <= 64 else 1)
-
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """One update from this rank's batch (cut into grad_accum micro-batches).
-
-        Raises TrainingDivergedError before touching weights if the loss or gradient is not finite.
-        """
-        accum = self.cfg.train.grad_accum
-        if images.shape[0] % accum:
-            raise ValueError(f"a batch of {images.shape[0]} cannot be cut into train.grad_accum={accum} micro-batches")
-        parts = list(zip(images.chunk(accum), labels.chunk(accum)))
-        return self._step(lambda j: parts[j])
+        return save_grid(
+            images, path, nrow=per_class, scale=2 if self.cfg.data.image_size <= 64 else 1
+        )
 
     @torch.no_grad()
     def _tokens(self, batch: torch.Tensor) -> torch.Tensor:
@@ -423,13 +514,17 @@ class Trainer:
                 with self.precision.autocast(self.device.type):
                     out = self._train_module(batch)
                 loss = out["loss"].float()
-                if not env.enabled and not torch.isfinite(loss):  # distributed: checked on the reduced loss below
+                if not env.enabled and not torch.isfinite(
+                    loss
+                ):  # distributed: checked on the reduced loss below
                     raise TrainingDivergedError(self._diverged_msg("loss", loss.item()))
                 (loss / accum).backward()
             keys = keys or [k for k in out if k != "loss"]
             vals = torch.stack([loss.detach()] + [out[k].detach().float() for k in keys])
             total = vals if total is None else total + vals
-        stats = D.all_reduce_mean(total / accum, env).tolist()  # mean over all micro-batches of all ranks
+        stats = D.all_reduce_mean(
+            total / accum, env
+        ).tolist()  # mean over all micro-batches of all ranks
         if not math.isfinite(stats[0]):
             raise TrainingDivergedError(self._diverged_msg("loss", stats[0]))
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
@@ -441,11 +536,17 @@ class Trainer:
             g["lr"] = lr
         try:
             self.optimizer.step()
-        except RuntimeError as e:  # e.g. lr / bias correction beyond float range: a divergence, not a bug
+        except (
+            RuntimeError
+        ) as e:  # e.g. lr / bias correction beyond float range: a divergence, not a bug
             if "overflow" not in str(e):
                 raise
-            self.step += 1  # the weights are already partly updated: report it as this step's divergence
-            raise TrainingDivergedError(self._nonfinite_msg(f"the optimizer step overflowed: {e}")) from e
+            self.step += (
+                1  # the weights are already partly updated: report it as this step's divergence
+            )
+            raise TrainingDivergedError(
+                self._nonfinite_msg(f"the optimizer step overflowed: {e}")
+            ) from e
         if self._sharded_ema is not None:
             self._sharded_ema.update(self.step, tc.ema_decay)
         else:
@@ -455,25 +556,37 @@ class Trainer:
         return {"loss": stats[0], **dict(zip(keys, stats[1:])), "lr": lr, "grad_norm": gnorm.item()}
 
     def _last_good(self) -> str:
-        if self.ckpt_step is not None:  # every checkpoint written or resumed was checked to be finite
+        if (
+            self.ckpt_step is not None
+        ):  # every checkpoint written or resumed was checked to be finite
             return f"the last good checkpoint {self.ckpt_file} (step {self.ckpt_step}) is intact and finite"
         return "no checkpoint of this run was written yet"
 
     def _diverged_msg(self, what: str, value: float) -> str:
         hint = ""
-        if self.step == self.ckpt_step and self.ckpt_file == self.ckpt_path and self.prev_path.exists():
+        if (
+            self.step == self.ckpt_step
+            and self.ckpt_file == self.ckpt_path
+            and self.prev_path.exists()
+        ):
             # The first step after the checkpoint fails: its weights may be the problem (e.g. written
             # by a version without the health check), and the previous checkpoint is a way back.
-            hint = (f" The first step after that checkpoint fails, so its weights may be diverged; to restart from "
-                    f"the previous checkpoint, move {self.prev_path} over {self.ckpt_path}.")
-        return (f"{what} is {value} at step {self.step + 1}: training stopped before the update; {self._last_good()}."
-                f"{hint} Check the data, or try a lower --train.lr, --train.precision=fp32 or a smaller "
-                f"--train.grad_clip.")
+            hint = (
+                f" The first step after that checkpoint fails, so its weights may be diverged; to restart from "
+                f"the previous checkpoint, move {self.prev_path} over {self.ckpt_path}."
+            )
+        return (
+            f"{what} is {value} at step {self.step + 1}: training stopped before the update; {self._last_good()}."
+            f"{hint} Check the data, or try a lower --train.lr, --train.precision=fp32 or a smaller "
+            f"--train.grad_clip."
+        )
 
     def _nonfinite_msg(self, detail: str) -> str:
         then = "to continue from it" if self.ckpt_step is not None else "to start again"
-        return (f"the weights diverged by step {self.step} ({detail}); no checkpoint was written; {self._last_good()}. "
-                f"Rerun with a lower --train.lr (or a smaller --train.grad_clip) {then}.")
+        return (
+            f"the weights diverged by step {self.step} ({detail}); no checkpoint was written; {self._last_good()}. "
+            f"Rerun with a lower --train.lr (or a smaller --train.grad_clip) {then}."
+        )
 
     # -- loop --------------------------------------------------------------------------------
     def fit(self, max_steps: Optional[int] = None) -> TrainResult:
@@ -494,8 +607,13 @@ class Trainer:
         start_step, t0 = self.step, time.perf_counter()
         busy, last = 0.0, {"loss": float("nan")}
         self.model.train()
-        bar = tqdm(total=tc.steps, initial=self.step, disable=not (self.progress and env.is_main), dynamic_ncols=True,
-                   desc="train")
+        bar = tqdm(
+            total=tc.steps,
+            initial=self.step,
+            disable=not (self.progress and env.is_main),
+            dynamic_ncols=True,
+            desc="train",
+        )
         try:
             batches = self._batches() if self.step < end else None
             while self.step < end:
@@ -505,9 +623,17 @@ class Trainer:
                 ips = (self.step - start_step) * tc.batch_size / max(busy, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.0f}")
-                if env.is_main and ((tc.log_every and self.step % tc.log_every == 0) or self.step == end):
-                    self._log({"step": self.step, **{k: round(v, 6) for k, v in last.items()},
-                               "images_per_sec": round(ips, 1), "elapsed_s": round(time.perf_counter() - t0, 1)})
+                if env.is_main and (
+                    (tc.log_every and self.step % tc.log_every == 0) or self.step == end
+                ):
+                    self._log(
+                        {
+                            "step": self.step,
+                            **{k: round(v, 6) for k, v in last.items()},
+                            "images_per_sec": round(ips, 1),
+                            "elapsed_s": round(time.perf_counter() - t0, 1),
+                        }
+                    )
                 if tc.sample_every and self.step % tc.sample_every == 0:
                     self._sync_ema()
                     if env.is_main:
@@ -517,7 +643,9 @@ class Trainer:
         finally:
             bar.close()
         D.barrier(env)
-        if not self.ckpt_path.exists():  # nothing to do (step >= end) on a fresh, resume=False run dir
+        if (
+            not self.ckpt_path.exists()
+        ):  # nothing to do (step >= end) on a fresh, resume=False run dir
             self._save(last["loss"])
         self._sync_ema()
         if env.is_main:
@@ -525,6 +653,12 @@ class Trainer:
         D.barrier(env)
         if self.step == start_step:  # nothing to do this time: report the loss the run ended with
             last["loss"] = (last_logged_loss(self.run_dir) or (self.step, float("nan")))[1]
-        return TrainResult(steps=self.step, final_loss=last["loss"], seconds=time.perf_counter() - t0,
-                           images_per_sec=(self.step - start_step) * tc.batch_size / busy if busy else 0.0,
-                           run_dir=self.run_dir, checkpoint=self.ckpt_path, precision=self.precision.name)
+        return TrainResult(
+            steps=self.step,
+            final_loss=last["loss"],
+            seconds=time.perf_counter() - t0,
+            images_per_sec=(self.step - start_step) * tc.batch_size / busy if busy else 0.0,
+            run_dir=self.run_dir,
+            checkpoint=self.ckpt_path,
+            precision=self.precision.name,
+        )

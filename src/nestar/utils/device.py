@@ -1,9 +1,10 @@
 """Device names -> torch devices, with a clear error for a device this machine does not have."""
+
 from __future__ import annotations
 
 import torch
 
-from nestar.config import ConfigError
+from nestar.errors import ConfigError
 
 
 def check_device(device: torch.device, field: str) -> torch.device:
@@ -11,12 +12,20 @@ def check_device(device: torch.device, field: str) -> torch.device:
     if device.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
-            raise ConfigError(f"{field}={str(device)!r} but CUDA is not available on this machine; "
-                              f"use {field}=cpu (or auto)")
+            raise ConfigError(
+                f"{field}={str(device)!r} but CUDA is not available on this machine; "
+                f"use {field}=cpu (or auto)"
+            )
         if device.index is not None and device.index >= n:
-            raise ConfigError(f"{field}={str(device)!r} but only {n} CUDA device(s) are visible (cuda:0..cuda:{n - 1})")
-    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"{field}='mps' but MPS is not available on this machine; use {field}=cpu")
+            raise ConfigError(
+                f"{field}={str(device)!r} but only {n} CUDA device(s) are visible (cuda:0..cuda:{n - 1})"
+            )
+    elif device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError(
+            f"{field}='mps' but MPS is not available on this machine; use {field}=cpu"
+        )
     return device
 
 
@@ -27,5 +36,7 @@ def parse_device(name: str, field: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"{field}: {name!r} is not a device (use auto, cpu, cuda, cuda:1, ...)") from e
+        raise ConfigError(
+            f"{field}: {name!r} is not a device (use auto, cpu, cuda, cuda:1, ...)"
+        ) from e
     return check_device(device, field)

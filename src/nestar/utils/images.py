@@ -1,4 +1,5 @@
 """Image utilities (no torchvision): tensor <-> uint8, grids and PNG output with Pillow."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,9 @@ def to_uint8(images_BCHW: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def make_grid(images_BCHW: torch.Tensor, nrow: int, pad: int = 2, pad_value: int = 255) -> np.ndarray:
+def make_grid(
+    images_BCHW: torch.Tensor, nrow: int, pad: int = 2, pad_value: int = 255
+) -> np.ndarray:
     """Tile images ([-1, 1], B x C x H x W) into one uint8 array with `nrow` images per row."""
     arr = to_uint8(images_BCHW)
     b, h, w, c = arr.shape

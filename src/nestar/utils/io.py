@@ -1,4 +1,5 @@
 """Atomic file writes: a crash mid-write never leaves a half-written checkpoint or config."""
+
 from __future__ import annotations
 
 import os
@@ -31,11 +32,15 @@ def _keep_previous(path: Path, previous: Path) -> None:
             link.unlink()
         os.link(path, link)
         os.replace(link, previous)
-    except OSError:  # no hard links on this file system: rename (a crash now leaves only `previous`)
+    except (
+        OSError
+    ):  # no hard links on this file system: rename (a crash now leaves only `previous`)
         os.replace(path, previous)
 
 
-def atomic_write(path: str | Path, write_fn: Callable[[str], None], previous: Optional[str | Path] = None) -> None:
+def atomic_write(
+    path: str | Path, write_fn: Callable[[str], None], previous: Optional[str | Path] = None
+) -> None:
     """Call `write_fn(tmp_path)` on a temp file next to `path`, fsync it, then rename over `path`.
 
     `previous`: first keep the file being replaced there (e.g. `prev.safetensors` beside `last.safetensors`).

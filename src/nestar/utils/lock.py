@@ -5,6 +5,7 @@ is released by the kernel; its leftover content (PID, host) then marks it stale 
 over with a message. A lock written on another host cannot be probed from here: it is refused
 with a message naming the file to remove once that run is known to be dead.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -62,7 +63,9 @@ class RunLock:
         self.dir.mkdir(parents=True, exist_ok=True)
         key = os.path.realpath(self.dir)
         other = _held.get(key)
-        if other is not None and other.held:  # same process (e.g. a second Trainer object): hand over
+        if (
+            other is not None and other.held
+        ):  # same process (e.g. a second Trainer object): hand over
             self._fd, other._fd = other._fd, None
             _held[key] = self
             return self
@@ -73,9 +76,11 @@ class RunLock:
             except BlockingIOError:
                 owner = _read_owner(fd)
                 os.close(fd)
-                raise RunLockedError(f"{self.dir} is in use by {self._describe(owner)}; two processes writing one "
-                                     f"run directory would corrupt it. Wait for that run to end, stop it, or use "
-                                     f"another --run-dir") from None
+                raise RunLockedError(
+                    f"{self.dir} is in use by {self._describe(owner)}; two processes writing one "
+                    f"run directory would corrupt it. Wait for that run to end, stop it, or use "
+                    f"another --run-dir"
+                ) from None
             if self._same_file(fd):
                 break
             os.close(fd)  # the previous owner removed the file between our open and flock: retry
@@ -88,8 +93,12 @@ class RunLock:
             raise
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose,
-              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "purpose": self.purpose,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         os.write(fd, (json.dumps(me) + "\n").encode())
         os.fsync(fd)
         self._fd = fd
@@ -108,17 +117,23 @@ class RunLock:
             return
         host, pid = owner.get("host"), owner.get("pid")
         if host != socket.gethostname():
-            raise RunLockedError(f"{self.dir} is locked by {self._describe(owner)}, which cannot be checked from this "
-                                 f"host; if no run uses the directory any more, delete {self.path}")
-        state = "is no longer running" if not isinstance(pid, int) or not _pid_alive(pid) else \
-            "no longer holds the lock (the PID was reused)"
+            raise RunLockedError(
+                f"{self.dir} is locked by {self._describe(owner)}, which cannot be checked from this "
+                f"host; if no run uses the directory any more, delete {self.path}"
+            )
+        state = (
+            "is no longer running"
+            if not isinstance(pid, int) or not _pid_alive(pid)
+            else "no longer holds the lock (the PID was reused)"
+        )
         self.note = f"took over the stale lock {self.path}: PID {pid} {state}"
 
     @staticmethod
     def _describe(owner: dict) -> str:
         if "pid" not in owner:
             return "another process"
-        return f"PID {owner.get('pid')} on {owner.get('host')} ({owner.get('purpose', 'run')} since {owner.get('since')})"
+        purpose, since = owner.get("purpose", "run"), owner.get("since")
+        return f"PID {owner.get('pid')} on {owner.get('host')} ({purpose} since {since})"
 
     def release(self) -> None:
         """Remove the lock file and drop the lock (a no-op when not held)."""

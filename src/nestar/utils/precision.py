@@ -5,6 +5,7 @@ and CPUs whose oneDNN reports native bf16 (AVX-512 BF16 / AMX). On CPUs with AVX
 emulates bf16 and a `nestar-fmnist` training step measured 10-15x slower than in fp32, so `auto`
 picks fp32 there. Weights, optimiser state and losses stay fp32 in every case.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,7 +64,9 @@ def check_precision(value: str, field: str = "precision") -> str:
     return value
 
 
-def resolve_precision(requested: str, device: torch.device | str, field: str = "precision") -> Precision:
+def resolve_precision(
+    requested: str, device: torch.device | str, field: str = "precision"
+) -> Precision:
     """Resolve `auto` from the hardware; warn when bf16 is forced where it is emulated."""
     check_precision(requested, field)
     ok, hw = native_bf16(device)
@@ -71,8 +74,11 @@ def resolve_precision(requested: str, device: torch.device | str, field: str = "
         return Precision("fp32", f"requested; {hw}", requested)
     if requested == "bf16":
         if not ok:
-            warnings.warn(f"{field}=bf16 on {hw}: bf16 is emulated here and runs about 10-15x slower than "
-                          f"fp32 on CPUs (measured on AVX2); use {field}=auto or fp32", stacklevel=2)
+            warnings.warn(
+                f"{field}=bf16 on {hw}: bf16 is emulated here and runs about 10-15x slower than "
+                f"fp32 on CPUs (measured on AVX2); use {field}=auto or fp32",
+                stacklevel=2,
+            )
             return Precision("bf16", f"requested; {hw}: emulated, slow", requested)
         return Precision("bf16", f"requested; {hw}", requested)
     return Precision("bf16" if ok else "fp32", hw, requested)
@@ -86,7 +92,9 @@ def cpu_description() -> str:
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+            name = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name
+            )
     except OSError:
         pass
     ok, _ = native_bf16("cpu")

@@ -1,4 +1,6 @@
-"""Checkpoints: one safetensors file per checkpoint, JSON config in its metadata, atomic writes.
+"""Serialization: training checkpoints and saved models, one safetensors file each, JSON config in its metadata.
+
+Checkpoints are written atomically.
 
 Nothing is ever unpickled. A checkpoint holds `model.*` and `ema.*` weights, the AdamW state
 (`optim.<param index>.<name>`), the torch RNG state, and in its metadata the resolved run config,
@@ -12,6 +14,7 @@ device (`parameters_on_meta`) and the checkpoint tensors are assigned in their p
 plain tensors made in `__init__` (generation orders, masks) are built for real, as always. Resuming
 a run (`load_checkpoint`) loads into a fully built model.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,35 +53,73 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
 
 def count_nonfinite(tensors) -> int:
     """NaN/inf entries over the floating-point tensors of an iterable."""
-    return sum(int((~torch.isfinite(t)).sum()) for t in tensors if torch.is_tensor(t) and t.is_floating_point())
+    return sum(
+        int((~torch.isfinite(t)).sum())
+        for t in tensors
+        if torch.is_tensor(t) and t.is_floating_point()
+    )
 
 
-def nonfinite_report(model_state: dict, ema_state: Optional[dict], optimizer_state: Optional[dict]) -> str:
+def nonfinite_report(
+    model_state: dict, ema_state: Optional[dict], optimizer_state: Optional[dict]
+) -> str:
     """'' when every value is finite, else e.g. 'model 62608, ema 62608 non-finite values'."""
-    parts = {"model": count_nonfinite(model_state.values()),
-             "ema": count_nonfinite(ema_state.values()) if ema_state else 0,
-             "optimizer": count_nonfinite(v for st in (optimizer_state or {}).get("state", {}).values()
-                                          for v in st.values())}
+    parts = {
+        "model": count_nonfinite(model_state.values()),
+        "ema": count_nonfinite(ema_state.values()) if ema_state else 0,
+        "optimizer": count_nonfinite(
+            v for st in (optimizer_state or {}).get("state", {}).values() for v in st.values()
+        ),
+    }
     bad = {k: v for k, v in parts.items() if v}
     return ", ".join(f"{k} {v}" for k, v in bad.items()) + " non-finite values" if bad else ""
 
 
-def save_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module], optimizer: Optional[torch.optim.Optimizer],
-                    step: int, config, extra: Optional[dict] = None, world_size: int = 1, grad_accum: int = 1,
-                    previous=None) -> Path:
+def save_checkpoint(
+    path,
+    *,
+    model: nn.Module,
+    ema: Optional[nn.Module],
+    optimizer: Optional[torch.optim.Optimizer],
+    step: int,
+    config,
+    extra: Optional[dict] = None,
+    world_size: int = 1,
+    grad_accum: int = 1,
+    previous=None,
+) -> Path:
     """Write a full training checkpoint atomically (temp file + fsync + rename).
 
     A crash mid-write leaves the previous file at `path` untouched, so a run can always resume.
     `previous`: keep the checkpoint being replaced under this path (e.g. prev.safetensors).
     """
-    return write_checkpoint(path, model_state=model.state_dict(), ema_state=ema.state_dict() if ema is not None else None,
-                            optimizer_state=optimizer.state_dict() if optimizer is not None else None, step=step,
-                            config=config, extra=extra, world_size=world_size, grad_accum=grad_accum, previous=previous)
+    return write_checkpoint(
+        path,
+        model_state=model.state_dict(),
+        ema_state=ema.state_dict() if ema is not None else None,
+        optimizer_state=optimizer.state_dict() if optimizer is not None else None,
+        step=step,
+        config=config,
+        extra=extra,
+        world_size=world_size,
+        grad_accum=grad_accum,
+        previous=previous,
+    )
 
 
-def write_checkpoint(path, *, model_state: dict, ema_state: Optional[dict], optimizer_state: Optional[dict], step: int,
-                     config, extra: Optional[dict] = None, world_size: int = 1, grad_accum: int = 1,
-                     previous=None) -> Path:
+def write_checkpoint(
+    path,
+    *,
+    model_state: dict,
+    ema_state: Optional[dict],
+    optimizer_state: Optional[dict],
+    step: int,
+    config,
+    extra: Optional[dict] = None,
+    world_size: int = 1,
+    grad_accum: int = 1,
+    previous=None,
+) -> Path:
     """`save_checkpoint` from state dicts (e.g. full state dicts gathered from FSDP shards on rank 0).
 
     `optimizer_state` is index-based, as `torch.optim.Optimizer.state_dict()` returns it. Refuses
@@ -111,13 +152,17 @@ def write_checkpoint(path, *, model_state: dict, ema_state: Optional[dict], opti
         "extra": json.dumps(extra or {}),
         "world_size": str(world_size),
         "grad_accum": str(grad_accum),
-        "optim_tensors": str(sum(k.startswith("optim.") for k in tensors)),  # a lost entry is then detected
+        "optim_tensors": str(
+            sum(k.startswith("optim.") for k in tensors)
+        ),  # a lost entry is then detected
     }
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), previous=previous)
     return Path(path)
 
 
-def _read(path, select: Optional[Callable[[list[str]], list[str]]] = None) -> tuple[dict, dict[str, torch.Tensor]]:
+def _read(
+    path, select: Optional[Callable[[list[str]], list[str]]] = None
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """(metadata, tensors); `select` maps the file's keys to the keys to read (default: all)."""
     path = Path(path)
     if not path.is_file():
@@ -128,10 +173,14 @@ def _read(path, select: Optional[Callable[[list[str]], list[str]]] = None) -> tu
             keys = list(f.keys())
             tensors = {k: f.get_tensor(k) for k in (select(keys) if select is not None else keys)}
     except Exception as e:  # safetensors raises its own error types for bad headers/short files
-        raise CheckpointCorruptError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+        raise CheckpointCorruptError(
+            f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})"
+        ) from e
     if meta.get("format") != FORMAT_VERSION or "config" not in meta:
-        raise CheckpointCorruptError(f"{path} is not a nestar checkpoint (format {meta.get('format')!r}, "
-                                     f"expected {FORMAT_VERSION})")
+        raise CheckpointCorruptError(
+            f"{path} is not a nestar checkpoint (format {meta.get('format')!r}, "
+            f"expected {FORMAT_VERSION})"
+        )
     _check_finite(path, tensors)
     return meta, tensors
 
@@ -145,9 +194,11 @@ def _check_finite(path, tensors: dict[str, torch.Tensor]) -> None:
             groups[k.split(".", 1)[0]] = groups.get(k.split(".", 1)[0], 0) + count_nonfinite([t])
     bad = {g: n for g, n in groups.items() if n}
     if bad:
-        raise CheckpointCorruptError(f"checkpoint {path} holds non-finite values ("
-                                     + ", ".join(f"{g} {n}" for g, n in bad.items())
-                                     + " NaN/inf); it comes from a diverged run and cannot be used")
+        raise CheckpointCorruptError(
+            f"checkpoint {path} holds non-finite values ("
+            + ", ".join(f"{g} {n}" for g, n in bad.items())
+            + " NaN/inf); it comes from a diverged run and cannot be used"
+        )
 
 
 def _open(path):
@@ -157,22 +208,33 @@ def _open(path):
     try:
         return safe_open(str(path), framework="pt")
     except Exception as e:
-        raise CheckpointCorruptError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+        raise CheckpointCorruptError(
+            f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})"
+        ) from e
 
 
 def _info(meta: dict, path=None) -> dict:
     """The checkpoint's header fields, validated: a bad value is a CheckpointCorruptError naming it."""
     out: dict = {}
-    for key, parse, default in (("step", int, None), ("world_size", int, "1"), ("grad_accum", int, "1"),
-                                ("extra", json.loads, "{}"), ("config", json.loads, None)):
+    for key, parse, default in (
+        ("step", int, None),
+        ("world_size", int, "1"),
+        ("grad_accum", int, "1"),
+        ("extra", json.loads, "{}"),
+        ("config", json.loads, None),
+    ):
         raw = meta.get(key, default)
         try:
             out[key] = parse(raw)
         except (TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
-            raise CheckpointCorruptError(f"checkpoint {path}: metadata field {key!r} is not valid ({raw!r:.60})") from e
+            raise CheckpointCorruptError(
+                f"checkpoint {path}: metadata field {key!r} is not valid ({raw!r:.60})"
+            ) from e
     if out["step"] < 0 or out["world_size"] < 1 or out["grad_accum"] < 1:
-        raise CheckpointCorruptError(f"checkpoint {path}: metadata step/world_size/grad_accum out of range "
-                                     f"({out['step']}, {out['world_size']}, {out['grad_accum']})")
+        raise CheckpointCorruptError(
+            f"checkpoint {path}: metadata step/world_size/grad_accum out of range "
+            f"({out['step']}, {out['world_size']}, {out['grad_accum']})"
+        )
     if not isinstance(out["config"], dict):
         raise CheckpointCorruptError(f"checkpoint {path}: the embedded config is not a JSON object")
     return out
@@ -183,8 +245,10 @@ def read_checkpoint_info(path) -> dict:
     with _open(path) as f:
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT_VERSION or "config" not in meta:
-        raise CheckpointCorruptError(f"{path} is not a nestar checkpoint (format {meta.get('format')!r}, "
-                                     f"expected {FORMAT_VERSION})")
+        raise CheckpointCorruptError(
+            f"{path} is not a nestar checkpoint (format {meta.get('format')!r}, "
+            f"expected {FORMAT_VERSION})"
+        )
     return _info(meta, path)
 
 
@@ -202,7 +266,9 @@ def read_optimizer_state(path) -> dict:
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointCorruptError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+        raise CheckpointCorruptError(
+            f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})"
+        ) from e
     _check_finite(path, {f"optim.{i}.{k}": v for i, st in state.items() for k, v in st.items()})
     full = {"state": state, "param_groups": _param_groups(meta, path)}
     _check_optimizer_entries(path, meta, full)
@@ -213,9 +279,13 @@ def _param_groups(meta: dict, path) -> list:
     try:
         groups = json.loads(meta.get("param_groups", "[]"))
     except ValueError as e:
-        raise CheckpointCorruptError(f"checkpoint {path}: metadata field 'param_groups' is not valid JSON") from e
+        raise CheckpointCorruptError(
+            f"checkpoint {path}: metadata field 'param_groups' is not valid JSON"
+        ) from e
     if not isinstance(groups, list):
-        raise CheckpointCorruptError(f"checkpoint {path}: metadata field 'param_groups' is not a list")
+        raise CheckpointCorruptError(
+            f"checkpoint {path}: metadata field 'param_groups' is not a list"
+        )
     return groups
 
 
@@ -225,9 +295,11 @@ def _check_optimizer_entries(path, meta: dict, full: dict) -> None:
     want = meta.get("optim_tensors")
     names = {frozenset(st) for st in full["state"].values()}
     if (want is not None and str(n) != want) or len(names) > 1:
-        raise CheckpointCorruptError(f"checkpoint {path}: optimizer state is incomplete ({n} tensors, "
-                                     f"{want or 'an equal set per parameter'} expected); resume from an intact "
-                                     f"checkpoint (checkpoints/prev.safetensors) or start a new run")
+        raise CheckpointCorruptError(
+            f"checkpoint {path}: optimizer state is incomplete ({n} tensors, "
+            f"{want or 'an equal set per parameter'} expected); resume from an intact "
+            f"checkpoint (checkpoints/prev.safetensors) or start a new run"
+        )
 
 
 def read_checkpoint_config(path) -> dict:
@@ -249,25 +321,38 @@ def check_config(path, saved: dict, config) -> None:
         saved = config_to_dict(load_run_config(saved))
     except (ConfigError, TypeError, ValueError):
         pass  # unreadable today: compare the raw values, which names the fields that differ
-    diffs = diff_configs({k: saved.get(k) for k in MATCHED_SECTIONS}, {k: now.get(k) for k in MATCHED_SECTIONS})
+    diffs = diff_configs(
+        {k: saved.get(k) for k in MATCHED_SECTIONS}, {k: now.get(k) for k in MATCHED_SECTIONS}
+    )
     if diffs:
-        raise CheckpointError(f"checkpoint {path} does not match the config: " + "; ".join(diffs)
-                              + " (checkpoint value != config value)")
+        raise CheckpointError(
+            f"checkpoint {path} does not match the config: "
+            + "; ".join(diffs)
+            + " (checkpoint value != config value)"
+        )
 
 
-def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path, assign: bool = False) -> None:
+def load_module_state(
+    module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path, assign: bool = False
+) -> None:
     """Load `prefix.*` tensors into module, naming missing/unexpected keys and shape mismatches.
 
     `assign`: put the checkpoint tensors in place of the module's (cast to the module's dtypes)
     instead of copying into them; needed when the module's parameters are on the meta device.
     """
-    sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    sd = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path} ({prefix} weights) does not fit the model: "
-                              f"missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if v.shape != own[k].shape]
+        raise CheckpointError(
+            f"checkpoint {path} ({prefix} weights) does not fit the model: "
+            f"missing keys {missing[:8]}, unexpected keys {unexpected[:8]}"
+        )
+    bad = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in sd.items()
+        if v.shape != own[k].shape
+    ]
     if bad:
         raise CheckpointError(f"checkpoint {path} has mismatched shapes: " + "; ".join(bad[:8]))
     if assign:  # copy_ would cast to the parameter's dtype: do the same
@@ -275,17 +360,24 @@ def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: st
     module.load_state_dict(sd, strict=True, assign=assign)
 
 
-def load_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module] = None,
-                    optimizer: Optional[torch.optim.Optimizer] = None, config=None, restore_rng: bool = False) -> dict:
+def load_checkpoint(
+    path,
+    *,
+    model: nn.Module,
+    ema: Optional[nn.Module] = None,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    config=None,
+    restore_rng: bool = False,
+) -> dict:
     """Load a checkpoint into the given objects; with `config`, refuse one that does not match."""
     meta, tensors = _read(path)
     info = _info(meta, path)
     saved = info["config"]
     if config is not None:
         check_config(path, saved, config)
-    load_weights(model, tensors, "model", path)
+    load_module_state(model, tensors, "model", path)
     if ema is not None:
-        load_weights(ema, tensors, "ema", path)
+        load_module_state(ema, tensors, "ema", path)
     if optimizer is not None:
         state: dict = {}
         for k, v in tensors.items():
@@ -296,11 +388,17 @@ def load_checkpoint(path, *, model: nn.Module, ema: Optional[nn.Module] = None,
         _check_optimizer_entries(path, meta, full)
         try:
             optimizer.load_state_dict(full)
-        except (ValueError, KeyError, TypeError) as e:  # torch raises ValueError for group/size mismatches
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+        ) as e:  # torch raises ValueError for group/size mismatches
             raise CheckpointError(f"checkpoint {path}: optimizer state does not fit ({e})") from e
     if restore_rng:
         if "rng.torch" not in tensors:
-            raise CheckpointCorruptError(f"checkpoint {path} has no RNG state (rng.torch): an exact resume is impossible")
+            raise CheckpointCorruptError(
+                f"checkpoint {path} has no RNG state (rng.torch): an exact resume is impossible"
+            )
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng.cuda"])
@@ -313,7 +411,10 @@ def save_pretrained(directory, model: nn.Module, config) -> Path:
 
     directory = Path(directory)
     tensors = {k: _cpu(v) for k, v in model.state_dict().items()}
-    atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pretrained"}))
+    atomic_write(
+        directory / "model.safetensors",
+        lambda tmp: save_file(tensors, tmp, metadata={"format": "pretrained"}),
+    )
     save_json(config_to_dict(config), directory / "config.json")
     return directory
 
@@ -370,7 +471,11 @@ def meta_tensors(module: nn.Module) -> list[str]:
             if obj.is_meta:
                 found.append(name)
             return
-        if depth > 4 or id(obj) in seen or isinstance(obj, (nn.Module, str, bytes, int, float, bool, type(None))):
+        if (
+            depth > 4
+            or id(obj) in seen
+            or isinstance(obj, (nn.Module, str, bytes, int, float, bool, type(None)))
+        ):
             return
         seen.add(id(obj))
         if isinstance(obj, dict):
@@ -387,14 +492,19 @@ def meta_tensors(module: nn.Module) -> list[str]:
     internal = {"_parameters", "_buffers", "_modules"}
     for mod_name, mod in module.named_modules(remove_duplicate=False):
         for attr, value in vars(mod).items():
-            if attr not in internal and not attr.endswith("_hooks") and not attr.endswith("_hooks_with_kwargs"):
+            if (
+                attr not in internal
+                and not attr.endswith("_hooks")
+                and not attr.endswith("_hooks_with_kwargs")
+            ):
                 walk(value, f"{mod_name}.{attr}" if mod_name else attr, 0)
     return found
 
 
-def build_model_from_tensors(config, tensors: dict[str, torch.Tensor], prefix: str, path,
-                             fast: bool = True) -> nn.Module:
-    """`build_model(config)` holding the `prefix.*` tensors, loaded with `load_weights` semantics
+def build_model_from_tensors(
+    config, tensors: dict[str, torch.Tensor], prefix: str, path, fast: bool = True
+) -> nn.Module:
+    """`build_model(config)` holding the `prefix.*` tensors, loaded with `load_module_state` semantics
     (CheckpointError naming missing/unexpected keys and mismatched shapes).
 
     `fast` builds the model with `parameters_on_meta` and assigns the tensors instead of initialising
@@ -416,16 +526,21 @@ def build_model_from_tensors(config, tensors: dict[str, torch.Tensor], prefix: s
             if n_all != sum(1 for _ in model.named_parameters()):
                 reason = "it shares parameters between modules"
             else:
-                load_weights(model, tensors, prefix, path, assign=True)
+                load_module_state(model, tensors, prefix, path, assign=True)
                 left = meta_tensors(model)
                 if not left:
                     return model
-                reason = f"tensors built from parameters in __init__ stay on the meta device: {left[:8]}"
+                reason = (
+                    f"tensors built from parameters in __init__ stay on the meta device: {left[:8]}"
+                )
     model = build_model(config)
     if reason is not None:
-        warnings.warn(f"model_type {config.model_type!r} from {path}: fast loading is not possible ({reason}); "
-                      f"built with random initialisation instead", stacklevel=2)
-    load_weights(model, tensors, prefix, path)
+        warnings.warn(
+            f"model_type {config.model_type!r} from {path}: fast loading is not possible ({reason}); "
+            f"built with random initialisation instead",
+            stacklevel=2,
+        )
+    load_module_state(model, tensors, prefix, path)
     return model
 
 
@@ -436,7 +551,9 @@ def load_pretrained(directory, fast: bool = True):
     directory = Path(directory)
     cfg_path, w_path = directory / "config.json", directory / "model.safetensors"
     if not cfg_path.is_file() or not w_path.is_file():
-        raise CheckpointError(f"{directory} is not a saved model (expected config.json and model.safetensors)")
+        raise CheckpointError(
+            f"{directory} is not a saved model (expected config.json and model.safetensors)"
+        )
     try:
         config = RunConfig.from_dict(json.loads(cfg_path.read_text()))
     except (json.JSONDecodeError, ValueError, TypeError) as e:  # ConfigError is a ValueError
@@ -445,7 +562,9 @@ def load_pretrained(directory, fast: bool = True):
         with safe_open(str(w_path), framework="pt") as f:
             tensors = {f"model.{k}": f.get_tensor(k) for k in f.keys()}
     except Exception as e:
-        raise CheckpointCorruptError(f"{w_path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+        raise CheckpointCorruptError(
+            f"{w_path} is truncated or corrupt ({type(e).__name__}: {e})"
+        ) from e
     _check_finite(w_path, tensors)
     return build_model_from_tensors(config, tensors, "model", w_path, fast=fast), config
 
@@ -465,5 +584,7 @@ def load_model_from_checkpoint(path, use_ema: bool = True, fast: bool = True):
     try:
         config = RunConfig.from_dict(_info(meta, path)["config"])
     except (ValueError, TypeError) as e:  # ConfigError is a ValueError
-        raise CheckpointCorruptError(f"checkpoint {path}: the embedded run config is not valid ({e})") from e
+        raise CheckpointCorruptError(
+            f"checkpoint {path}: the embedded run config is not valid ({e})"
+        ) from e
     return build_model_from_tensors(config, tensors, chosen[0], path, fast=fast), config

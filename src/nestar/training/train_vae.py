@@ -10,6 +10,7 @@ mean over images) is measured on the test split, and the directory gets `model.s
 `config.json` (architecture, image size, latent scale/shift, training config, metrics), each
 written atomically; `TokenizerConfig(name='kl', path=DIR)` then loads it.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,12 @@ import torch
 from nestar.config import ConfigError, check_min, to_dict
 from nestar.data import DataConfig, build_dataset, to_float
 from nestar.tokenizers.kl_vae import (
-    KL_DIR_CONFIG, KLAutoencoder, KLAutoencoderConfig, kl_to_standard_normal, sample_posterior, save_kl_dir,
+    KL_DIR_CONFIG,
+    KLAutoencoder,
+    KLAutoencoderConfig,
+    kl_to_standard_normal,
+    sample_posterior,
+    save_kl_dir,
 )
 from nestar.utils.precision import check_precision, resolve_precision
 
@@ -37,13 +43,23 @@ class VAEArchConfig:
     num_res_blocks: int = 1
     z_channels: int = 4
     norm_groups: int = 32
-    attn_resolutions: tuple[int, ...] = ()  # extra attention levels (the middle blocks always have it)
+    attn_resolutions: tuple[
+        int, ...
+    ] = ()  # extra attention levels (the middle blocks always have it)
 
     def build(self, data: DataConfig) -> KLAutoencoderConfig:
-        return KLAutoencoderConfig(ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
-                                   z_channels=self.z_channels, in_channels=data.channels, out_channels=data.channels,
-                                   resolution=data.image_size, enc_attn_resolutions=self.attn_resolutions,
-                                   dec_attn_resolutions=self.attn_resolutions, norm_groups=self.norm_groups)
+        return KLAutoencoderConfig(
+            ch=self.ch,
+            ch_mult=self.ch_mult,
+            num_res_blocks=self.num_res_blocks,
+            z_channels=self.z_channels,
+            in_channels=data.channels,
+            out_channels=data.channels,
+            resolution=data.image_size,
+            enc_attn_resolutions=self.attn_resolutions,
+            dec_attn_resolutions=self.attn_resolutions,
+            norm_groups=self.norm_groups,
+        )
 
 
 @dataclass
@@ -62,7 +78,9 @@ class VAETrainConfig:
     # 'auto' | 'fp32' | 'bf16' (utils/precision.py). fp32 by default: the documented 26.1 dB VAE was
     # trained in fp32; 'auto' takes bf16 autocast where the hardware runs it natively.
     precision: str = "fp32"
-    shift_latents: bool = False  # also store the latent mean as tokenizer shift (MAR/KL-16 use none)
+    shift_latents: bool = (
+        False  # also store the latent mean as tokenizer shift (MAR/KL-16 use none)
+    )
     scale_images: int = 2000  # training images used to measure the latent std
     eval_images: int = 2000  # test images used for the PSNR (0 = the whole split)
     seed: int = 0
@@ -72,9 +90,17 @@ class VAETrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("train.steps and train.batch_size must be >= 1")
-        check_min("train.", 0, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
-                  grad_clip=self.grad_clip, log_every=self.log_every, scale_images=self.scale_images,
-                  eval_images=self.eval_images, seed=self.seed)
+        check_min(
+            "train.",
+            0,
+            warmup_steps=self.warmup_steps,
+            weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip,
+            log_every=self.log_every,
+            scale_images=self.scale_images,
+            eval_images=self.eval_images,
+            seed=self.seed,
+        )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"train.lr must be a finite number > 0, got {self.lr}")
         if not all(0 <= b < 1 for b in self.betas):
@@ -108,7 +134,11 @@ def _print(msg: str) -> None:
 
 
 def _device(name: str) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+    return (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if name == "auto"
+        else torch.device(name)
+    )
 
 
 def _batch(ds, idx: torch.Tensor) -> torch.Tensor:
@@ -117,8 +147,12 @@ def _batch(ds, idx: torch.Tensor) -> torch.Tensor:
     return torch.stack([ds[i][0] for i in idx.tolist()])
 
 
-def vae_loss(vae: KLAutoencoder, x: torch.Tensor, tc: VAETrainConfig,
-             generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, dict]:
+def vae_loss(
+    vae: KLAutoencoder,
+    x: torch.Tensor,
+    tc: VAETrainConfig,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, dict]:
     recon, mean, logvar = vae(x, sample=True, generator=generator)
     recon = recon.float()
     l1 = (recon - x).abs().mean()
@@ -129,7 +163,9 @@ def vae_loss(vae: KLAutoencoder, x: torch.Tensor, tc: VAETrainConfig,
 
 
 @torch.no_grad()
-def reconstruction_psnr(vae: KLAutoencoder, images_u8: torch.Tensor, batch_size: int = 256) -> float:
+def reconstruction_psnr(
+    vae: KLAutoencoder, images_u8: torch.Tensor, batch_size: int = 256
+) -> float:
     """Mean over images of PSNR (dB, pixels in [0, 1]) of the posterior-mean reconstruction."""
     vae.eval()
     dev = next(vae.parameters()).device
@@ -144,8 +180,9 @@ def reconstruction_psnr(vae: KLAutoencoder, images_u8: torch.Tensor, batch_size:
 
 
 @torch.no_grad()
-def latent_statistics(vae: KLAutoencoder, images_u8: torch.Tensor, seed: int = 0,
-                      batch_size: int = 256) -> tuple[float, float]:
+def latent_statistics(
+    vae: KLAutoencoder, images_u8: torch.Tensor, seed: int = 0, batch_size: int = 256
+) -> tuple[float, float]:
     """(mean, std) over all elements of posterior samples of the given images."""
     vae.eval()
     dev = next(vae.parameters()).device
@@ -165,13 +202,22 @@ def _first(ds, n: int, seed: int) -> torch.Tensor:
     return _batch(ds, idx)
 
 
-def train_vae(cfg: TokenizerTrainConfig, out_dir, *, overwrite: bool = False, train_dataset=None, test_dataset=None,
-              log: Optional[Callable[[str], None]] = _print) -> VAETrainResult:
+def train_vae(
+    cfg: TokenizerTrainConfig,
+    out_dir,
+    *,
+    overwrite: bool = False,
+    train_dataset=None,
+    test_dataset=None,
+    log: Optional[Callable[[str], None]] = _print,
+) -> VAETrainResult:
     """Train, measure, save. `train_dataset`/`test_dataset` default to `build_dataset(cfg.data, ...)`."""
     out_dir = Path(out_dir)
     if (out_dir / KL_DIR_CONFIG).exists() and not overwrite:
-        raise ConfigError(f"{out_dir} already holds a trained tokenizer ({KL_DIR_CONFIG}); "
-                          f"choose another --out or pass --overwrite")
+        raise ConfigError(
+            f"{out_dir} already holds a trained tokenizer ({KL_DIR_CONFIG}); "
+            f"choose another --out or pass --overwrite"
+        )
     tc = cfg.train
     log = log or (lambda s: None)
     dev = _device(tc.device)
@@ -180,24 +226,37 @@ def train_vae(cfg: TokenizerTrainConfig, out_dir, *, overwrite: bool = False, tr
     vae = KLAutoencoder(arch).to(dev)
     train_ds = train_dataset if train_dataset is not None else build_dataset(cfg.data, "train")
     if tc.batch_size > len(train_ds):
-        raise ConfigError(f"train.batch_size {tc.batch_size} exceeds the {len(train_ds)} training images")
+        raise ConfigError(
+            f"train.batch_size {tc.batch_size} exceeds the {len(train_ds)} training images"
+        )
     decay, no_decay = [], []
     for p in vae.parameters():
         (decay if p.ndim > 1 else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tc.lr, betas=tuple(tc.betas))
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": tc.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=tc.lr,
+        betas=tuple(tc.betas),
+    )
 
     def lr_at(step: int) -> float:
         if step < tc.warmup_steps:
             return tc.lr * (step + 1) / tc.warmup_steps
         t = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
-        return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+        return tc.lr * (
+            tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        )
 
     g_data = torch.Generator().manual_seed(tc.seed)
     g_noise = torch.Generator(device=dev).manual_seed(tc.seed + 1)
     n_arch = sum(p.numel() for p in vae.parameters())
-    log(f"training KL-VAE ({n_arch / 1e6:.2f}M params, {arch.z_channels}x{cfg.data.image_size // arch.downsample_factor}^2 "
-        f"latents) for {tc.steps} steps of {tc.batch_size} on {dev}")
+    log(
+        f"training KL-VAE ({n_arch / 1e6:.2f}M params, "
+        f"{arch.z_channels}x{cfg.data.image_size // arch.downsample_factor}^2 "
+        f"latents) for {tc.steps} steps of {tc.batch_size} on {dev}"
+    )
     prec = resolve_precision(tc.precision, dev, "train.precision")
     log(prec.describe())
     losses: list[float] = []
@@ -222,8 +281,10 @@ def train_vae(cfg: TokenizerTrainConfig, out_dir, *, overwrite: bool = False, tr
         opt.step()
         losses.append(loss.item())
         if tc.log_every and ((step + 1) % tc.log_every == 0 or step + 1 == tc.steps):
-            log(f"step {step + 1}/{tc.steps} loss {loss.item():.4f} (l1 {parts['l1']:.4f} l2 {parts['l2']:.4f} "
-                f"kl/px {parts['kl']:.3f}) lr {lr_at(step):.2e} {time.time() - t0:.0f}s")
+            log(
+                f"step {step + 1}/{tc.steps} loss {loss.item():.4f} (l1 {parts['l1']:.4f} l2 {parts['l2']:.4f} "
+                f"kl/px {parts['kl']:.3f}) lr {lr_at(step):.2e} {time.time() - t0:.0f}s"
+            )
     train_seconds = time.time() - t0
     vae.eval()
     psnr_split = "test"
@@ -232,21 +293,55 @@ def train_vae(cfg: TokenizerTrainConfig, out_dir, *, overwrite: bool = False, tr
     else:
         try:
             test_ds = build_dataset(cfg.data, "test")
-        except (FileNotFoundError, ValueError) as e:  # an image folder without a sibling test/ folder
+        except (
+            FileNotFoundError,
+            ValueError,
+        ) as e:  # an image folder without a sibling test/ folder
             log(f"no test split ({e}); PSNR is measured on training images")
             test_ds, psnr_split = train_ds, "train"
     psnr = reconstruction_psnr(vae, _first(test_ds, tc.eval_images, tc.seed))
     mu, std = latent_statistics(vae, _first(train_ds, tc.scale_images, tc.seed), seed=tc.seed)
     shift = mu if tc.shift_latents else 0.0
-    scale = 1.0 / (std if tc.shift_latents else math.sqrt(std * std + mu * mu))  # 1 / RMS about the shift
+    scale = 1.0 / (
+        std if tc.shift_latents else math.sqrt(std * std + mu * mu)
+    )  # 1 / RMS about the shift
     extra = {
-        "data": to_dict(cfg.data), "vae": to_dict(cfg.vae), "train": to_dict(tc),
-        "metrics": {"psnr_test": psnr, "psnr_split": psnr_split,
-                    "psnr_images": min(len(test_ds), tc.eval_images or len(test_ds)),
-                    "latent_mean": mu, "latent_std": std, "first_loss": losses[0], "final_loss": losses[-1],
-                    "train_seconds": train_seconds, "params": n_arch},
+        "data": to_dict(cfg.data),
+        "vae": to_dict(cfg.vae),
+        "train": to_dict(tc),
+        "metrics": {
+            "psnr_test": psnr,
+            "psnr_split": psnr_split,
+            "psnr_images": min(len(test_ds), tc.eval_images or len(test_ds)),
+            "latent_mean": mu,
+            "latent_std": std,
+            "first_loss": losses[0],
+            "final_loss": losses[-1],
+            "train_seconds": train_seconds,
+            "params": n_arch,
+        },
     }
-    save_kl_dir(out_dir, vae.cpu(), image_size=cfg.data.image_size, latent_scale=scale, latent_shift=shift, extra=extra)
-    log(f"{psnr_split} PSNR {psnr:.2f} dB; latent mean {mu:.3f} std {std:.3f} -> scale {scale:.4f} shift {shift:.4f}; "
-        f"saved {out_dir} ({train_seconds:.0f}s training)")
-    return VAETrainResult(out_dir, tc.steps, train_seconds, psnr, psnr_split, scale, shift, losses[0], losses[-1], losses)
+    save_kl_dir(
+        out_dir,
+        vae.cpu(),
+        image_size=cfg.data.image_size,
+        latent_scale=scale,
+        latent_shift=shift,
+        extra=extra,
+    )
+    log(
+        f"{psnr_split} PSNR {psnr:.2f} dB; latent mean {mu:.3f} std {std:.3f} -> scale {scale:.4f} shift {shift:.4f}; "
+        f"saved {out_dir} ({train_seconds:.0f}s training)"
+    )
+    return VAETrainResult(
+        out_dir,
+        tc.steps,
+        train_seconds,
+        psnr,
+        psnr_split,
+        scale,
+        shift,
+        losses[0],
+        losses[-1],
+        losses,
+    )
