@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from nestar.config import ConfigError
+from nestar.heads.flow_mlp import flow_solver
 from nestar.models.base import GenerativeModel
 from nestar.pretrained import describe_available, pretrained_dir
 from nestar.tokenizers import Tokenizer, build_tokenizer
@@ -115,10 +116,15 @@ class Pipeline:
         cfg_schedule: Optional[str] = None,
         temperature: Optional[float] = None,
         num_steps: Optional[int] = None,
+        head_sampler: Optional[str] = None,
+        time_grid: Optional[str] = None,
         generator: Optional[torch.Generator] = None,
         batch_size: int = 64,
     ) -> PipelineOutput:
         """Sample images for `labels`; None arguments use config.sample.
+
+        `head_sampler` ('euler' | 'heun') and `time_grid` ('uniform' | 'data' | 'noise') choose the
+        flow head's solver (docs/design.md, "Flow head"); with `num_steps` they set the head's NFE.
 
         Chunks of `batch_size` are sampled in order from the one `generator` (default: seeded with
         config.sample.seed), so the same seed and batch_size give the same images.
@@ -133,6 +139,8 @@ class Pipeline:
                     cfg_schedule=cfg_schedule,
                     temperature=temperature,
                     num_steps=num_steps,
+                    head_sampler=head_sampler,
+                    time_grid=time_grid,
                 ).items()
                 if v is not None
             },
@@ -152,7 +160,10 @@ class Pipeline:
         for chunk in labels.split(
             batch_size
         ):  # one generator consumed in order: same seed, same images
-            with prec.autocast(self.device.type):
+            with (
+                prec.autocast(self.device.type),
+                flow_solver(self.model, s.head_sampler, s.time_grid),
+            ):
                 out = self.model.sample(
                     chunk,
                     guidance_scale=s.cfg,

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from nestar.config import ConfigError, check_min, from_dict, to_dict
 from nestar.data import DataConfig
 from nestar.heads import FlowHeadConfig
+from nestar.heads.flow_mlp import SAMPLERS, TIME_GRIDS
 from nestar.heads.gmm_ar import GMMHeadConfig
 from nestar.models import MODEL_SPECS, GenerativeModel
 from nestar.models.arinar import ARINARConfig
@@ -137,6 +138,10 @@ class SampleConfig:
     cfg_schedule: str = "linear"
     temperature: float = 1.0
     num_steps: int = 25  # flow-head ODE steps
+    # Flow-head solver and time grid at sampling; None: the model's own (model.head.sampler /
+    # model.head.time_grid). Sampling-only, so a trained model can be sampled with fewer steps.
+    head_sampler: Optional[str] = None
+    time_grid: Optional[str] = None
     seed: int = 0
     precision: str = (
         "auto"  # 'auto' | 'fp32' | 'bf16', as train.precision (bf16 autocast when sampling)
@@ -157,6 +162,14 @@ class SampleConfig:
                 f"sample.temperature must be a finite number > 0, got {self.temperature}"
             )
         check_min("sample.", 1, num_steps=self.num_steps)
+        if self.head_sampler not in (None, *SAMPLERS):
+            raise ConfigError(
+                f"sample.head_sampler must be null or one of {list(SAMPLERS)}, got {self.head_sampler!r}"
+            )
+        if self.time_grid not in (None, *TIME_GRIDS):
+            raise ConfigError(
+                f"sample.time_grid must be null or one of {list(TIME_GRIDS)}, got {self.time_grid!r}"
+            )
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"sample.seed must be in [0, {MAX_SEED}], got {self.seed}")
 

@@ -249,6 +249,23 @@ def real_floor(
     return {"name": "real (train split)", "group": "models", "num_eval": n, "metrics": metrics}
 
 
+def _same_key(cached: Optional[dict], key: dict) -> bool:
+    """Equal keys, or equal once the cached config is read through today's dataclasses: a field
+    added since the entry was cached takes its default, so new options do not void old entries
+    (and a new default, such as neighbour_context, does: configs without it read as off)."""
+    if not isinstance(cached, dict) or cached == key:
+        return cached == key
+    from nestar.config import to_dict
+    from nestar.registry import load_run_config
+
+    try:
+        config = to_dict(load_run_config(cached["config"]))
+    except Exception:  # unreadable today: a different key
+        return False
+    config.pop("history", None)
+    return {**cached, "config": config} == key
+
+
 def run_entry(
     entry: Entry,
     opts: QualityOptions,
@@ -287,7 +304,7 @@ def run_entry(
     }
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
+        if _same_key(cached.get("key"), key):
             log(f"-- {entry.name}: cached ({cache})")
             return cached
     run_dir = Path(opts.runs_dir) / slug

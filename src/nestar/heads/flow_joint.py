@@ -5,7 +5,7 @@ this head draws them as one sample: the velocity of every token attends to the n
 other tokens of its patch. One flow time t per patch (training and sampling), adaLN on
 time + z per token, a learned position embedding for the index inside the patch, zero-initialised
 modulation and output (the head starts at v = 0, as the MLP head). Everything else (path, loss,
-Euler/Heun, guidance, temperature) is the MLP head's: only `velocity` differs.
+Euler/Heun, time grid, guidance, temperature) is the MLP head's: only `velocity_from` differs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nestar.heads.flow_mlp import FlowHeadConfig, FlowMLPHead, timestep_embedding
+from nestar.heads.flow_mlp import FlowHeadConfig, FlowMLPHead
 from nestar.layers.adaln import AdaLNBlock
 
 
@@ -44,18 +44,15 @@ class JointFlowHead(FlowMLPHead):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def velocity(
-        self, x_NC: torch.Tensor, t_N: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1
+    def velocity_from(
+        self, x_NC: torch.Tensor, c_NW: torch.Tensor, group_size: int = 1
     ) -> torch.Tensor:
         n, S = x_NC.shape[0], group_size
         if S > self.max_group or n % S:
             raise ValueError(
                 f"{n} tokens in groups of {S} (this head takes groups of at most {self.max_group})"
             )
-        c = self.time_embed(
-            timestep_embedding(t_N, self.config.width).to(x_NC.dtype)
-        ) + self.cond_embed(z_NZ)
-        c = c.view(n // S, S, -1)
+        c = c_NW.view(n // S, S, -1)
         h = self.input_proj(x_NC).view(n // S, S, -1) + self.pos[:S]
         for blk in self.blocks:
             h = blk(h, blk.modulation(c))

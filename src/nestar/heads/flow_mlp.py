@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
 
-from nestar.config import check_min
+from nestar.config import ConfigError, check_min
 from nestar.heads.base import Head
 
 
 @dataclass
 class FlowHeadConfig:
     """Flow head. `time_dist`: 'uniform' or 'logit_normal'. `sampler`: 'euler' or 'heun'.
+
+    `time_grid`: where the `num_steps` sampling steps fall on t in [0, 1] (noise at 0, data at 1):
+    'uniform'; 'data' (t = 1 - (1 - u)^2, denser near the data end); 'noise' (t = u^2, denser near
+    the noise end). Sampler, grid and steps are sampling-only settings: they may change on a
+    trained model.
 
     `kind`: 'mlp' (per-token MLP, MAR's design) or 'joint' (a small adaLN transformer across the
     tokens of one patch, FlowAR-style; NestAR only; `heads` attention heads, `depth` blocks).
@@ -30,6 +37,7 @@ class FlowHeadConfig:
     num_steps: int = 25
     kind: str = "mlp"
     heads: int = 4
+    time_grid: str = "uniform"
 
     def __post_init__(self) -> None:
         check_min(
@@ -49,8 +57,52 @@ class FlowHeadConfig:
             raise ValueError(
                 f"head.time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}"
             )
-        if self.sampler not in ("euler", "heun"):
+        if self.sampler not in SAMPLERS:
             raise ValueError(f"head.sampler must be 'euler' or 'heun', got {self.sampler!r}")
+        if self.time_grid not in TIME_GRIDS:
+            raise ValueError(
+                f"head.time_grid must be one of {', '.join(TIME_GRIDS)}, got {self.time_grid!r}"
+            )
+
+
+SAMPLERS = ("euler", "heun")
+TIME_GRIDS = ("uniform", "data", "noise")
+
+
+@contextlib.contextmanager
+def flow_solver(
+    model: nn.Module, sampler: Optional[str] = None, time_grid: Optional[str] = None
+) -> Iterator[None]:
+    """Sample every flow head of `model` with another solver and/or time grid inside the block.
+
+    Both are sampling-only settings (the weights do not depend on them). None keeps the head's own.
+    A model without a flow head (ARINAR's GMM head) refuses them instead of ignoring them.
+    """
+    changes = {k: v for k, v in dict(sampler=sampler, time_grid=time_grid).items() if v is not None}
+    heads = [m for m in model.modules() if isinstance(m, FlowMLPHead)]
+    if changes and not heads:
+        raise ConfigError(
+            f"sample.head_sampler / sample.time_grid apply to flow heads; "
+            f"{type(model).__name__} has none"
+        )
+    saved = [h.config for h in heads]
+    try:
+        for h in heads:
+            h.config = dataclasses.replace(h.config, **changes)
+        yield
+    finally:
+        for h, c in zip(heads, saved):
+            h.config = c
+
+
+def time_grid(kind: str, num_steps: int, device: torch.device) -> torch.Tensor:
+    """The `num_steps + 1` times t_0 = 0 < ... < t_n = 1 of the sampling steps (see `time_grid`)."""
+    u = torch.linspace(0.0, 1.0, num_steps + 1, device=device)
+    if kind == "data":
+        return 1.0 - (1.0 - u) ** 2
+    if kind == "noise":
+        return u**2
+    return u
 
 
 def timestep_embedding(t_N: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -109,13 +161,21 @@ class FlowMLPHead(Head):
     def velocity(
         self, x_NC: torch.Tensor, t_N: torch.Tensor, z_NZ: torch.Tensor, group_size: int = 1
     ) -> torch.Tensor:
-        c = self.time_embed(
-            timestep_embedding(t_N, self.config.width).to(x_NC.dtype)
-        ) + self.cond_embed(z_NZ)
+        """v(x_t, t, z) for rows of x, t and z (training; sampling hoists the parts of c)."""
+        c_NW = self.embed_time(t_N, x_NC.dtype) + self.cond_embed(z_NZ)
+        return self.velocity_from(x_NC, c_NW, group_size)
+
+    def embed_time(self, t_N: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.time_embed(timestep_embedding(t_N, self.config.width).to(dtype))
+
+    def velocity_from(
+        self, x_NC: torch.Tensor, c_NW: torch.Tensor, group_size: int = 1
+    ) -> torch.Tensor:
+        """The network given the adaLN condition c = time embedding + condition embedding."""
         h = self.input_proj(x_NC)
         for blk in self.blocks:
-            h = blk(h, c)
-        shift, scale = self.final_ada(c).chunk(2, dim=-1)
+            h = blk(h, c_NW)
+        shift, scale = self.final_ada(c_NW).chunk(2, dim=-1)
         return self.out(self.final_norm(h) * (1 + scale) + shift)
 
     def _draw_t(self, n: int, device: torch.device) -> torch.Tensor:
@@ -140,22 +200,6 @@ class FlowMLPHead(Head):
         v = self.velocity(xt.to(z.dtype), t, z, g)
         return (v.float() - (x1 - x0)).pow(2).mean()
 
-    def _guided_velocity(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        z: torch.Tensor,
-        z_u: Optional[torch.Tensor],
-        guidance_scale: float,
-        group_size: int = 1,
-    ) -> torch.Tensor:
-        v_c = self.velocity(x, t, z, group_size)
-        if z_u is None:
-            return v_c
-        v_u = self.velocity(x, t, z_u, group_size)
-        # v_c + (w-1)(v_c - v_u) == v_u + w(v_c - v_u), and is exactly v_c at w = 1.
-        return v_c + (guidance_scale - 1.0) * (v_c - v_u)
-
     @torch.no_grad()
     def sample(
         self,
@@ -168,6 +212,9 @@ class FlowMLPHead(Head):
         generator: Optional[torch.Generator] = None,
         group_size: int = 1,
     ) -> torch.Tensor:
+        """Euler or Heun steps on `time_grid`. What does not change inside the call is computed
+        once: the condition embedding per call, the time embedding per grid point; with guidance
+        the conditional and unconditional rows go through one batched forward (rows [z; z_u])."""
         num_steps = num_steps or self.config.num_steps
         n = z_NZ.shape[0]
         g = group_size if self.joint else 1
@@ -177,15 +224,24 @@ class FlowMLPHead(Head):
             * temperature
         )
         x = x.to(z_NZ.dtype)
-        ts = torch.linspace(0.0, 1.0, num_steps + 1, device=z_NZ.device)
+        guided = z_uncond_NZ is not None
+        cz = self.cond_embed(torch.cat([z_NZ, z_uncond_NZ]) if guided else z_NZ)
+        ts = time_grid(self.config.time_grid, num_steps, z_NZ.device)
+        ct = self.embed_time(ts, x.dtype)  # (num_steps + 1, W): one row per grid point
+
+        def v_at(x_NC: torch.Tensor, i: int) -> torch.Tensor:
+            c = ct[i] + cz
+            if not guided:
+                return self.velocity_from(x_NC, c, g)
+            v_c, v_u = self.velocity_from(torch.cat([x_NC, x_NC]), c, g).chunk(2)
+            # v_c + (w-1)(v_c - v_u) == v_u + w(v_c - v_u), and is exactly v_c at w = 1.
+            return v_c + (guidance_scale - 1.0) * (v_c - v_u)
+
         for i in range(num_steps):
-            t, dt = ts[i].expand(n), ts[i + 1] - ts[i]
-            v = self._guided_velocity(x, t, z_NZ, z_uncond_NZ, guidance_scale, g)
+            dt = ts[i + 1] - ts[i]
+            v = v_at(x, i)
             if self.config.sampler == "heun" and i < num_steps - 1:
-                x_pred = x + dt * v
-                v2 = self._guided_velocity(
-                    x_pred, ts[i + 1].expand(n), z_NZ, z_uncond_NZ, guidance_scale, g
-                )
+                v2 = v_at(x + dt * v, i + 1)
                 x = x + dt * 0.5 * (v + v2)
             else:
                 x = x + dt * v
