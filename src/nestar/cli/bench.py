@@ -1,4 +1,4 @@
-"""`nestar bench speed`: the speed harness (protocol in benchmarks/README.md)."""
+"""`nestar bench speed | quality | claims | nfe`: the benchmarks (protocol in benchmarks/README.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,13 @@ import argparse
 
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv_list(text)]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from e
 
 
 def _grids(text: str) -> tuple[int, ...]:
@@ -213,6 +220,43 @@ def add_parser(sub) -> None:
     c.add_argument("--out", default="docs/results/claims.json", help="where to write the report")
     c.set_defaults(func=run_claims)
 
+    n = bsub.add_parser(
+        "nfe",
+        help="quality against flow-head NFE per token: solvers x time grids x steps on trained models",
+        description="Sample each trained model with every flow-head setting (solver x time grid x NFE "
+        "per token; Heun at s steps costs 2s-1), score N images with the quality suite (FID, "
+        "precision, recall, class agreement, seam) and write nfe.md / nfe.json under --out. Every "
+        "setting uses the same seed; finished settings are cached.\n\n"
+        "  nestar bench nfe --run nestar=runs/q/nestar --nfe 25,12,8,4 --solvers euler,heun "
+        "--grids uniform,data",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    n.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR",
+        help="a trained run directory or shipped pretrained name (repeatable)",
+    )
+    n.add_argument(
+        "--nfe",
+        type=_int_list,
+        default=[25, 12, 8, 4],
+        help="head evaluations per token to try (default 25,12,8,4)",
+    )
+    n.add_argument("--solvers", type=_csv_list, default=["euler", "heun"], help="euler,heun")
+    n.add_argument(
+        "--grids",
+        type=_csv_list,
+        default=["uniform", "data"],
+        help="time grids: uniform, data (denser near the data end), noise",
+    )
+    n.add_argument("--num-eval", type=int, default=5000, help="samples per setting (default 5000)")
+    n.add_argument("--seed", type=int, default=0, help="seed of every setting's samples")
+    n.add_argument("--out", default="benchmarks/results/nfe", help="output directory")
+    n.add_argument("--quiet", action="store_true", help="no progress bars")
+    n.set_defaults(func=run_nfe)
+
 
 def run(args: argparse.Namespace) -> int:
     from nestar.bench.speed import (
@@ -301,4 +345,23 @@ def run_claims(args: argparse.Namespace) -> int:
         diff = f"{c['difference']:+.3f}" if c.get("difference") is not None else "-"
         print(f"{c['id']}: {verdict} (a - b = {diff}){'; ' + c['why'] if c.get('why') else ''}")
     print(f"wrote {args.out}")
+    return 0
+
+
+def run_nfe(args: argparse.Namespace) -> int:
+    from nestar.bench.nfe import NFEOptions, parse_runs, run_nfe as _run, write_report
+
+    opts = NFEOptions(
+        runs=parse_runs(args.run),
+        nfes=args.nfe,
+        solvers=args.solvers,
+        grids=args.grids,
+        num_eval=args.num_eval,
+        seed=args.seed,
+        out=args.out,
+        progress=not args.quiet,
+    )
+    result = _run(opts)
+    paths = write_report(result, args.out)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
