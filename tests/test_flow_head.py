@@ -73,3 +73,34 @@ def test_time_grids_run_from_noise_to_data_and_put_their_steps_where_they_say():
     assert noise.diff()[0] < uni.diff()[0] < data.diff()[0]
     with pytest.raises(ValueError, match="time_grid"):
         FlowHeadConfig(time_grid="cosine")
+
+
+def test_pipeline_samples_with_another_solver_and_restores_the_heads():
+    from nestar.config import ConfigError
+    from nestar.pipeline import Pipeline
+    from nestar.registry import build_model, get_preset, resolve
+    from nestar.tokenizers import build_tokenizer
+
+    def pipe(preset):
+        torch.manual_seed(0)
+        cfg = resolve(get_preset(preset))
+        cfg.sample.precision = "fp32"
+        return Pipeline(build_model(cfg), build_tokenizer(cfg.tokenizer, 32, 1).eval(), cfg)
+
+    p = pipe("raster-tiny")
+    for m in p.model.modules():  # zero-initialised outputs: give the heads real weights
+        if isinstance(m, FlowMLPHead):
+            torch.nn.init.normal_(m.out.weight, std=0.3)
+
+    def images(**kw):
+        return p([1, 4], generator=torch.Generator().manual_seed(2), num_steps=3, **kw).images
+
+    base = images()
+    assert torch.equal(images(head_sampler="euler", time_grid="uniform"), base)  # the head's own
+    heun, data = images(head_sampler="heun"), images(time_grid="data")
+    assert not torch.equal(heun, base) and not torch.equal(data, base)
+    assert torch.equal(images(), base)  # the heads got their own settings back
+    with pytest.raises(ConfigError, match="sample.head_sampler"):
+        images(head_sampler="rk4")
+    with pytest.raises(ConfigError, match="flow heads"):  # ARINAR's GMM head: refused, not ignored
+        pipe("arinar-tiny")([1], head_sampler="heun")
