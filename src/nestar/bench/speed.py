@@ -45,6 +45,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from nestar.utils.device import parse_device
 from nestar.utils.precision import resolve_precision
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -103,12 +104,6 @@ class SpeedOptions:
 
 
 # ----- helpers -------------------------------------------------------------------------------------
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -449,7 +444,7 @@ def run_speed(opts: SpeedOptions, log: Callable[[str], None] = print) -> dict:
     opts = opts.resolved()
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    dev = _device(opts.device)
+    dev = parse_device(opts.device, "--device")
     if opts.dtype in (
         "auto",
         "bfloat16",

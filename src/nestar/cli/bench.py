@@ -9,13 +9,6 @@ def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in _csv_list(text)]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from e
-
-
 def _grids(text: str) -> tuple[int, ...]:
     if text.strip().lower() in ("", "none", "off"):
         return ()
@@ -49,16 +42,26 @@ def _load(text: str) -> tuple[str, str]:
 
 
 def add_parser(sub) -> None:
-    from nestar.cli.common import add_overrides_epilog
-
     p = sub.add_parser(
         "bench",
         help="benchmarks: speed of every model, quality of every model on one budget",
         description="Benchmarks (protocol in benchmarks/README.md and docs/results.md):\n\n"
         "  nestar bench speed    steps, FLOPs, latency, throughput, memory of every model\n"
-        "  nestar bench quality  train every model on one budget and evaluate each",
+        "  nestar bench quality  train every model on one budget and evaluate each\n"
+        "  nestar bench claims   check the paper's claims against quality results\n"
+        "  nestar bench nfe      quality against flow-head steps on trained models",
     )
     bsub = p.add_subparsers(dest="bench_command", required=True)
+    _add_speed(bsub)
+    _add_quality(bsub)
+    _add_claims(bsub)
+    _add_nfe(bsub)
+
+
+def _add_speed(bsub) -> None:
+    """`nestar bench speed`."""
+    from nestar.cli.common import add_overrides_epilog
+
     s = bsub.add_parser(
         "speed",
         help="steps, head NFE, FLOPs, latency, throughput, memory and growth of every model in one run",
@@ -173,6 +176,11 @@ def add_parser(sub) -> None:
     )
     s.set_defaults(func=run)
 
+
+def _add_quality(bsub) -> None:
+    """`nestar bench quality`."""
+    from nestar.cli.common import add_overrides_epilog
+
     q = bsub.add_parser(
         "quality",
         help="train every model on one budget and evaluate each with the suite (FID, KID, P/R, ...)",
@@ -207,6 +215,9 @@ def add_parser(sub) -> None:
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=run_quality)
 
+
+def _add_claims(bsub) -> None:
+    """`nestar bench claims`."""
     c = bsub.add_parser(
         "claims",
         help="check the paper's claims against quality-bench results (mean ± std over seeds)",
@@ -220,6 +231,9 @@ def add_parser(sub) -> None:
     c.add_argument("--out", default="docs/results/claims.json", help="where to write the report")
     c.set_defaults(func=run_claims)
 
+
+def _add_nfe(bsub) -> None:
+    """`nestar bench nfe`."""
     n = bsub.add_parser(
         "nfe",
         help="quality against flow-head NFE per token: solvers x time grids x steps on trained models",
@@ -240,8 +254,8 @@ def add_parser(sub) -> None:
     )
     n.add_argument(
         "--nfe",
-        type=_int_list,
-        default=[25, 12, 8, 4],
+        type=_csv_ints,
+        default=(25, 12, 8, 4),
         help="head evaluations per token to try (default 25,12,8,4)",
     )
     n.add_argument("--solvers", type=_csv_list, default=["euler", "heun"], help="euler,heun")

@@ -31,6 +31,7 @@ from nestar.tokenizers.kl_vae import (
     sample_posterior,
     save_kl_dir,
 )
+from nestar.utils.device import parse_device
 from nestar.utils.precision import check_precision, resolve_precision
 
 
@@ -133,14 +134,6 @@ def _print(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _device(name: str) -> torch.device:
-    return (
-        torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if name == "auto"
-        else torch.device(name)
-    )
-
-
 def _batch(ds, idx: torch.Tensor) -> torch.Tensor:
     if hasattr(ds, "__getitems__"):
         return ds.__getitems__(idx.tolist())[0]
@@ -220,7 +213,7 @@ def train_vae(
         )
     tc = cfg.train
     log = log or (lambda s: None)
-    dev = _device(tc.device)
+    dev = parse_device(tc.device, "--train.device")
     torch.manual_seed(tc.seed)
     arch = cfg.vae.build(cfg.data)
     vae = KLAutoencoder(arch).to(dev)
