@@ -205,6 +205,47 @@ def test_prefix_noise_changes_training_conditions_only():
     assert torch.equal(a, b)
 
 
+def test_rollout_feeds_the_next_module_the_heads_own_draws_and_keeps_real_targets():
+    """rollout_prob=1: module m+1 conditions on module m's tokens as the head draws them from the
+    teacher-forced z (no gradient), the losses still target the real tokens; rollout_prob=0 and eval
+    mode are plain teacher forcing."""
+    model = randomised(NestAR(tiny_config(rollout_prob=1.0, rollout_steps=2, label_dropout=0.0)))
+    x, labels = torch.randn(3, 64, 4), torch.tensor([0, 1, 2])
+    seen, draws, targets = [], [], []
+    conditions, head_sample, head_loss = model.module_conditions, model.head.sample, model.head.loss
+
+    def spy_conditions(m, x_in, *a):
+        seen.append(x_in.clone())
+        return conditions(m, x_in, *a)
+
+    def spy_sample(z, **kw):
+        assert not z.requires_grad and kw["num_steps"] == 2
+        draws.append(head_sample(z, **kw))
+        return draws[-1]
+
+    def spy_loss(target, z, **kw):
+        targets.append(target)
+        return head_loss(target, z, **kw)
+
+    model.module_conditions, model.head.sample, model.head.loss = spy_conditions, spy_sample, spy_loss
+    model.train()
+    model.loss({"tokens": x, "labels": labels})["loss"].backward()
+    x_ord = x[:, model.perm]
+    assert len(draws) == 2 and torch.equal(seen[0], x_ord)  # module M's draws are never a prefix
+    torch.testing.assert_close(seen[1][:, :4], draws[0].reshape(3, 4, 4))  # module 1 drawn, 4 tokens
+    torch.testing.assert_close(seen[2][:, 4:16], draws[1].reshape(3, 12, 4))  # module 2's 12 tokens
+    torch.testing.assert_close(seen[2][:, 16:], x_ord[:, 16:])  # module 3's own patches stay real
+    assert all(torch.equal(t, x_ord[:, a:b]) for t, (a, b) in zip(targets, ((0, 4), (4, 16), (16, 64))))
+    seen.clear(), draws.clear()
+    model.eval()  # evaluation losses are teacher-forced
+    model.loss({"tokens": x, "labels": labels})
+    assert not draws and all(torch.equal(s, x_ord) for s in seen)
+    with pytest.raises(ValueError, match="rollout_prob"):
+        tiny_config(rollout_prob=1.5)
+    with pytest.raises(ValueError, match="rollout_steps"):
+        tiny_config(rollout_steps=0)
+
+
 def _joint_config(**kw) -> NestARConfig:
     return tiny_config(head=FlowHeadConfig(width=32, depth=1, num_steps=3, kind="joint", heads=2), **kw)
 

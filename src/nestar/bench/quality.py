@@ -86,6 +86,12 @@ ABLATION_ENTRIES = [
         ),
         "coordination: none vs boundary noise (U(0, 0.2), 0.05 at sampling, level told)",
     ),
+    Entry(
+        "nestar-rollout",
+        "nestar-fmnist",
+        ("model.rollout_prob=0.5",),
+        "coordination: teacher forcing vs rollout prefixes for half the samples (8 head steps)",
+    ),
     Entry("nestar-zorder", "nestar-fmnist", ("model.order=zorder",), "order: lattice vs zorder"),
     Entry(
         "nestar-prefixnoise",

@@ -55,6 +55,10 @@ class NestARConfig(TokenModelConfig):
     sums the per-module mean losses (times `module_loss_weights`); 'token' weighs every token equally.
     `order_offset`: cyclic shift of the order (lattice, 8x8, k=4: 2 puts module 1 at the quadrant
     centres). `embed_init`: 'default' (PyTorch's) or 'raster' (truncated normal 0.02, as raster AR).
+    `rollout_prob`: the rollout objective; for that fraction of the training samples, module m+1
+    conditions on the prefix as the model itself draws it (module m's tokens sampled by the head with
+    `rollout_steps` head steps from the teacher-forced conditions, no guidance, no gradient) while its
+    targets stay the real tokens; 0 = plain teacher forcing.
     """
 
     grid_size: int = 8
@@ -75,6 +79,8 @@ class NestARConfig(TokenModelConfig):
     order_offset: int = 0
     embed_init: str = "default"
     module_loss_weights: Optional[tuple[float, ...]] = None
+    rollout_prob: float = 0.0
+    rollout_steps: int = 8
     head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
 
     def __post_init__(self) -> None:
@@ -86,6 +92,7 @@ class NestARConfig(TokenModelConfig):
             z_dim=self.z_dim,
             num_cond_tokens=self.num_cond_tokens,
             k=self.k,
+            rollout_steps=self.rollout_steps,
         )
         check_min(
             "model.",
@@ -110,6 +117,8 @@ class NestARConfig(TokenModelConfig):
             )
         if not 0 <= self.prefix_noise < 1:
             raise ValueError(f"model.prefix_noise must be in [0, 1), got {self.prefix_noise}")
+        if not 0 <= self.rollout_prob <= 1:
+            raise ValueError(f"model.rollout_prob must be in [0, 1], got {self.rollout_prob}")
         if not 0 <= self.sample_prefix_noise < 1:
             raise ValueError(
                 f"model.sample_prefix_noise must be in [0, 1), got {self.sample_prefix_noise}"
@@ -388,20 +397,41 @@ class NestAR(GenerativeModel):
         x_ord = tokens_BLC[:, self.perm]
         labels_B = self.drop_labels(labels_B, cfg.label_dropout)
         weights = cfg.module_loss_weights or (1.0,) * self.num_modules
+        x_in = x_ord  # what the modules condition on: the real tokens, or rolled-out ones
+        roll_B = None
+        if self.training and cfg.rollout_prob > 0:
+            roll_B = torch.rand(x_ord.shape[0], device=x_ord.device) < cfg.rollout_prob
         out, total = {}, 0.0
         for m in range(1, self.num_modules + 1):
             noise = None
             if self.training and cfg.prefix_noise > 0 and m > 1:
                 noise = torch.rand(x_ord.shape[0], device=x_ord.device) * cfg.prefix_noise
-            z = self.module_conditions(m, x_ord, labels_B, noise)
+            z = self.module_conditions(m, x_in, labels_B, noise)
             P, S, T = self.order.layout(m)
             loss_m = self.head.loss(x_ord[:, P : P + T * S], z, group_size=S)
             out[f"loss_m{m}"] = loss_m.detach()
             # 'token': module m's mean counts by its share of the tokens, so the sum is a per-token mean
             share = T * S / self.order.num_tokens if cfg.loss_weighting == "token" else 1.0
             total = total + weights[m - 1] * share * loss_m
+            if roll_B is not None and m < self.num_modules:
+                x_in = self._rollout(x_in, z, roll_B, slice(P, P + T * S), S)
         out["loss"] = total
         return out
+
+    def _rollout(
+        self, x_in: torch.Tensor, z: torch.Tensor, roll_B: torch.Tensor, rows: slice, S: int
+    ) -> torch.Tensor:
+        """`x_in` with the tokens `rows` (module m's targets) of the samples in `roll_B` replaced by
+        head draws from the teacher-forced conditions z: the next module's prefix as the model would
+        produce it (each patch given the real earlier patches, so one pass, not T steps). Every row is
+        drawn and then selected, so no collective (FSDP) depends on the random selection."""
+        x_hat = self.head.sample(
+            z.detach().reshape(-1, z.shape[-1]), num_steps=self.config.rollout_steps, group_size=S
+        )
+        x_hat = x_hat.reshape(z.shape[0], -1, x_in.shape[-1]).to(x_in.dtype)
+        x_in = x_in.clone()
+        x_in[:, rows] = torch.where(roll_B[:, None, None], x_hat, x_in[:, rows])
+        return x_in
 
     # ----- sampling -------------------------------------------------------------------------
     def _sample(self, run: GuidedBatch, *, use_cache: bool = True) -> SampleOutput:
