@@ -167,3 +167,35 @@ def test_bench_nfe_sweeps_solvers_on_a_trained_run_and_caches(tmp_path, capsys):
     assert capsys.readouterr().out.count(": cached") == 8
     with pytest.raises(ValueError, match="unknown solver"):
         _run_cli(argv[:7] + ["rk4"] + argv[8:])
+
+
+def test_reconstruction_floor_scores_the_tokenizers_round_trip_of_the_real_rows_images(tmp_path, fmnist_arrays):
+    """Latent track: the floor row decodes the tokenizer's encoding of the same train images the real
+    row scores; pixel patches reconstruct exactly, a (random) VAE does not."""
+    from nestar.bench.quality import _real_images, reconstruction_floor
+    from nestar.registry import get_preset
+    from nestar.tokenizers import TokenizerConfig, build_tokenizer
+    from nestar.tokenizers.kl_vae import KLAutoencoder, save_kl_dir, small_vae_config
+
+    class Scorer:  # stands in for the classifier evaluator: records what it is asked to score
+        data_cfg = get_preset("nestar-fmnist").data
+
+        def __call__(self, images, labels, kid_subset_size, seam_patch_size=None):
+            self.images, self.labels = images, labels
+            return {"fid": float(images.mean())}, 0.0
+
+    scorer = Scorer()
+    real, labels = _real_images(scorer.data_cfg, 6, seed=3)
+    row = reconstruction_floor(scorer, TokenizerConfig(name="patch", patch_size=4), 6, 3, 2)
+    assert row["name"] == "reconstructions (patch)" and row["num_eval"] == 6
+    assert torch.equal(scorer.images, real) and torch.equal(scorer.labels, labels)
+    torch.manual_seed(0)
+    vae = KLAutoencoder(small_vae_config(channels=1, z_channels=4, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1))
+    save_kl_dir(tmp_path / "vae", vae, image_size=32, latent_scale=0.5, latent_shift=0.0)
+    kl = TokenizerConfig(name="kl", path=str(tmp_path / "vae"))
+    reconstruction_floor(scorer, kl, 6, 3, 2)
+    tok = build_tokenizer(kl, 32, 1)
+    with torch.no_grad():
+        expected = tok.decode(tok.encode(real)).clamp(-1, 1)
+    torch.testing.assert_close(scorer.images, expected)
+    assert (scorer.images - real).abs().mean() > 0.05

@@ -239,20 +239,43 @@ class _Evaluator:
         return metrics, time.perf_counter() - t0
 
 
+def _real_images(data_cfg, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` random train images in [-1, 1] and their labels (the same ones for a given seed)."""
+    from nestar.data import build_dataset, to_float
+
+    ds = build_dataset(data_cfg, "train")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds), generator=g)[:n].tolist()
+    images, labels = zip(*(ds[i] for i in idx))
+    return to_float(torch.stack(list(images))), torch.as_tensor(labels, dtype=torch.long)
+
+
 def real_floor(
     evaluator: _Evaluator, n: int, seed: int, kid_subset_size: int, seam_patch_size: Optional[int]
 ) -> dict:
     """The same metrics for `n` random real train images against the test statistics."""
-    from nestar.data import build_dataset, to_float
-
-    ds = build_dataset(evaluator.data_cfg, "train")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(ds), generator=g)[:n].tolist()
-    images, labels = zip(*(ds[i] for i in idx))
-    images_t = to_float(torch.stack(list(images)))
-    labels_t = torch.as_tensor(labels, dtype=torch.long)
-    metrics, _ = evaluator(images_t, labels_t, kid_subset_size, seam_patch_size=seam_patch_size)
+    images, labels = _real_images(evaluator.data_cfg, n, seed)
+    metrics, _ = evaluator(images, labels, kid_subset_size, seam_patch_size=seam_patch_size)
     return {"name": "real (train split)", "group": "models", "num_eval": n, "metrics": metrics}
+
+
+def reconstruction_floor(
+    evaluator: _Evaluator, tokenizer_cfg, n: int, seed: int, kid_subset_size: int
+) -> dict:
+    """The metrics of the tokenizer's reconstructions of the real row's train images: what a model
+    that matched the token distribution exactly would score. Train images, like the real row, so
+    the gap between the two rows is the tokenizer's alone (test images would be scored against
+    their own statistics)."""
+    from nestar.tokenizers import build_tokenizer
+
+    data = evaluator.data_cfg
+    tok = build_tokenizer(tokenizer_cfg, data.image_size, data.channels).eval()
+    images, labels = _real_images(data, n, seed)
+    with torch.no_grad():
+        recon = torch.cat([tok.decode(tok.encode(x)) for x in images.split(256)]).clamp(-1, 1)
+    metrics, _ = evaluator(recon, labels, kid_subset_size)
+    name = f"reconstructions ({tokenizer_cfg.name})"
+    return {"name": name, "group": "models", "num_eval": n, "metrics": metrics}
 
 
 def _same_key(cached: Optional[dict], key: dict) -> bool:
@@ -385,6 +408,12 @@ def run_quality(opts: QualityOptions, log: Callable[[str], None] = print) -> dic
     rows = [
         real_floor(evaluator, opts.num_eval, opts.seed, opts.kid_subset_size, _seam_patch(first))
     ]
+    if first.tokenizer.name != "patch":  # latent track: the tokenizer's own floor beside the models
+        rows.append(
+            reconstruction_floor(
+                evaluator, first.tokenizer, opts.num_eval, opts.seed, opts.kid_subset_size
+            )
+        )
     for e in entries:
         for seed in opts.train_seeds:
             rows.append(run_entry(e, opts, evaluator, log, seed))
