@@ -123,11 +123,14 @@ def test_bench_quality_quick_trains_evaluates_and_caches(tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore:only .* samples for 128-d features")
-def test_bench_quality_train_seeds_give_mean_and_std(tmp_path):
-    """Two training seeds of one entry: two runs, per-seed rows, and a summary whose std is real."""
+def test_bench_quality_train_seeds_give_mean_and_std_and_a_guidance_sweep(tmp_path, capsys):
+    """Two training seeds of one entry: two runs, per-seed rows, and a summary whose std is real.
+    --guidance-sweep: each seed is also scored at every scale (its own scale reused from the main
+    row), each point cached in its own file, summarised per seed and tabulated."""
     out, runs = tmp_path / "quality", tmp_path / "runs"
     argv = ["bench", "quality", "--quick", "--quiet", "--only", "nestar", "--train-seeds", "0,1", "--num-eval", "20",
-            "--kid-subset-size", "10", "--out", str(out), "--runs-dir", str(runs), "--train.steps=3", "--train.ckpt_every=3"]
+            "--kid-subset-size", "10", "--out", str(out), "--runs-dir", str(runs), "--train.steps=3", "--train.ckpt_every=3",
+            "--guidance-sweep", "1,2"]
     assert _run_cli(argv) == 0
     res = json.loads((out / "quality.json").read_text())
     rows = [r for r in res["rows"] if r["name"] == "nestar"]
@@ -138,35 +141,16 @@ def test_bench_quality_train_seeds_give_mean_and_std(tmp_path):
     assert fids[0] != fids[1] and s["mean"]["fid"] == pytest.approx(sum(fids) / 2)
     assert s["std"]["fid"] == pytest.approx(abs(fids[0] - fids[1]) / 2 ** 0.5)
     assert rows[0]["metrics"]["seam"] > 0  # pixel-patch tokens: the seam statistic is reported
-    assert "Mean ± std over training seeds" in (out / "quality.md").read_text()
-
-
-@pytest.mark.filterwarnings("ignore:only .* samples for 128-d features")
-def test_bench_nfe_sweeps_solvers_on_a_trained_run_and_caches(tmp_path, capsys):
-    """A tiny trained run through `nestar bench nfe`: each setting spends the NFE it says, the
-    settings differ only by the solver, and a rerun reads the cache."""
-    runs = tmp_path / "runs"
-    assert _run_cli(["bench", "quality", "--quick", "--quiet", "--only", "nestar", "--num-eval", "20",
-                     "--kid-subset-size", "10", "--out", str(tmp_path / "q"), "--runs-dir", str(runs),
-                     "--train.steps=3", "--train.ckpt_every=3"]) == 0
-    out = tmp_path / "nfe"
-    argv = ["bench", "nfe", "--run", f"tiny={runs / 'nestar'}", "--nfe", "4,2", "--solvers", "euler,heun",
-            "--grids", "uniform,data", "--num-eval", "20", "--out", str(out), "--quiet"]
-    assert _run_cli(argv) == 0
-    rows = json.loads((out / "nfe.json").read_text())["rows"]
-    got = [(r["solver"], r["grid"], r["steps"], r["nfe"]) for r in rows]
-    assert got == [("euler", "uniform", 4, 4), ("euler", "data", 4, 4), ("heun", "uniform", 2, 3),
-                   ("heun", "data", 2, 3), ("euler", "uniform", 2, 2), ("euler", "data", 2, 2),
-                   ("heun", "uniform", 1, 1), ("heun", "data", 1, 1)]
-    fids = [r["metrics"]["fid"] for r in rows]
-    assert len(set(fids[:6])) == 6  # every setting with >= 2 steps samples differently
-    assert fids[6] == fids[7]  # one step: Heun's last step is Euler's, and every grid is [0, 1]
-    assert "| heun | data | 2 | 3 |" in (out / "nfe.md").read_text()
+    for r in rows:  # nestar-tiny samples at guidance 2: that point is the main row
+        assert [p["guidance"] for p in r["guidance_sweep"]] == [1.0, 2.0]
+        assert r["guidance_sweep"][1]["metrics"] == r["metrics"]
+        assert r["guidance_sweep"][0]["metrics"]["fid"] != r["metrics"]["fid"]
+    assert sorted(p.name for p in (out / "entries").glob("*-cfg*")) == ["nestar-cfg1.json", "nestar-seed1-cfg1.json"]
+    assert len(s["sweeps"]) == 2 and set(s["sweeps"][0][0]) == {"guidance", "fid", "precision", "recall"}
+    assert "| nestar | 1 | 2 |" in (out / "quality.md").read_text()
     capsys.readouterr()
     assert _run_cli(argv) == 0
-    assert capsys.readouterr().out.count(": cached") == 8
-    with pytest.raises(ValueError, match="unknown solver"):
-        _run_cli(argv[:7] + ["rk4"] + argv[8:])
+    assert "guidance 1" not in capsys.readouterr().out  # every point came from the cache
 
 
 def test_reconstruction_floor_scores_the_tokenizers_round_trip_of_the_real_rows_images(tmp_path, fmnist_arrays):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from nestar.bench.claims import CLAIMS, evaluate_claim, evaluate_files
+from nestar.bench.claims import CLAIMS, Claim, evaluate_claim, evaluate_files
 from nestar.bench.quality import summarize
 
 
@@ -23,7 +23,7 @@ def test_le_and_two_standard_errors_rules():
                         + _rows("nextscale", [9.0, 9.0, 9.0], [0.49, 0.50, 0.51]))
     fid = evaluate_claim(_claim("fid_nestar_vs_raster"), summary)
     assert fid["holds"] is True and fid["difference"] == pytest.approx(-0.9)
-    rec = evaluate_claim(_claim("recall_nestar_vs_nextscale"), summary)
+    rec = evaluate_claim(Claim("r", "recall above", "nestar", "nextscale", "recall", "gt2se"), summary)
     # difference 0.02, se = sqrt(0.02^2/3 + 0.01^2/3) = 0.0129: 0.02 < 2 se, so not shown
     assert rec["standard_error"] == pytest.approx(((0.02**2 + 0.01**2) / 3) ** 0.5)
     assert rec["holds"] is False
@@ -41,3 +41,31 @@ def test_too_few_seeds_or_samples_leave_the_claim_undecided(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="summary"):
         evaluate_files([tmp_path / "old.json"])
+
+
+def _swept(name: str, curves: list[list[tuple[float, float, float]]]) -> list[dict]:
+    """One row per seed whose guidance sweep holds (guidance, precision, recall) points."""
+    rows = _rows(name, [5.0] * len(curves), [0.5] * len(curves))
+    for r, pts in zip(rows, curves):
+        r["guidance_sweep"] = [{"guidance": g, "metrics": {"fid": 5.0, "precision": p, "recall": rc}}
+                               for g, p, rc in pts]
+    return rows
+
+
+def test_recall_is_compared_at_a_precision_both_arms_reach():
+    """Recall read at the middle of the common precision range, per seed, by linear interpolation;
+    without a sweep, or without overlap, the claim stays undecided and says why."""
+    nestar = [[(1.0, 0.80, 0.70), (2.0, 0.90, 0.60), (3.0, 0.94, 0.50)]] * 2 + [[(1.0, 0.80, 0.72), (3.0, 0.94, 0.52)]]
+    nextscale = [[(1.0, 0.86, 0.50), (3.0, 0.98, 0.30)]] * 3
+    summary = summarize(_swept("nestar", nestar) + _swept("nextscale", nextscale))
+    rec = evaluate_claim(_claim("recall_nestar_vs_nextscale"), summary)
+    assert rec["matched_precision"] == pytest.approx(0.90)  # common range [0.86, 0.94]
+    a, b = rec["arms"]
+    assert a["values"] == pytest.approx([0.60, 0.60, 0.72 - 0.20 * (0.10 / 0.14)])
+    assert b["values"] == pytest.approx([0.50 - 0.20 / 3] * 3)
+    assert rec["holds"] is True and rec["difference"] > 2 * rec["standard_error"]
+    unswept = summarize(_rows("nestar", [5.0] * 3, [0.6] * 3) + _swept("nextscale", nextscale))
+    assert "--guidance-sweep" in evaluate_claim(_claim("recall_nestar_vs_nextscale"), unswept)["why"]
+    apart = summarize(_swept("nestar", [[(1.0, 0.5, 0.7), (3.0, 0.6, 0.6)]] * 3) + _swept("nextscale", nextscale))
+    far = evaluate_claim(_claim("recall_nestar_vs_nextscale"), apart)
+    assert far["holds"] is None and "do not overlap" in far["why"]

@@ -20,7 +20,9 @@ MIN_N, MIN_SEEDS = 5000, 3
 @dataclass(frozen=True)
 class Claim:
     """`rule`: 'le' (a's mean no worse, i.e. <=, than b's), 'gt2se' (a above b by > 2 standard errors),
-    or 'ci' (report the difference a - b with its 95% interval, whichever way it goes)."""
+    'gt2se_matched' (the same, with the metric read at one precision shared by both arms from each
+    seed's guidance sweep: `matched_at_precision`), or 'ci' (report the difference a - b with its 95%
+    interval, whichever way it goes)."""
 
     id: str
     text: str
@@ -49,11 +51,11 @@ CLAIMS = (
     ),
     Claim(
         "recall_nestar_vs_nextscale",
-        "NestAR's recall above next-scale's by more than two standard errors",
+        "NestAR's recall above next-scale's by more than two standard errors at matched precision",
         "nestar",
         "nextscale",
         "recall",
-        "gt2se",
+        "gt2se_matched",
     ),
     Claim(
         "fid_nestar_vs_mar",
@@ -89,9 +91,63 @@ def _arm(summary: dict, name: str, metric: str) -> Optional[dict]:
     }
 
 
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    """Piecewise-linear y(x) through the points sorted by x (x inside their range)."""
+    pts = sorted(zip(xs, ys))
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    raise ValueError(f"{x} outside [{pts[0][0]}, {pts[-1][0]}]")
+
+
+def matched_at_precision(summary: dict, names: tuple[str, str], metric: str) -> dict:
+    """Per arm and seed, `metric` read at one precision p* from that seed's guidance sweep.
+
+    p* is the middle of the precision range every swept seed of both arms covers, so no value is
+    extrapolated. Returns {'precision': p*, name: arm dict} or {'why': ...} when it cannot be read."""
+    sweeps = {n: (summary.get(n) or {}).get("sweeps") for n in names}
+    missing = [n for n, sw in sweeps.items() if not sw]
+    if missing:
+        return {
+            "why": f"no guidance sweep for {', '.join(missing)} (bench quality --guidance-sweep)"
+        }
+    curves = {
+        n: [([p["precision"] for p in s], [p[metric] for p in s]) for s in sw]
+        for n, sw in sweeps.items()
+    }
+    lo = max(min(ps) for cs in curves.values() for ps, _ in cs)
+    hi = min(max(ps) for cs in curves.values() for ps, _ in cs)
+    if lo > hi:
+        return {"why": f"the swept precision ranges do not overlap ({lo:.3f} > {hi:.3f})"}
+    p_star = (lo + hi) / 2
+    out: dict = {"precision": p_star}
+    for n in names:
+        vals = [_interp(p_star, ps, ys) for ps, ys in curves[n]]
+        mean = sum(vals) / len(vals)
+        sd = (
+            math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+            if len(vals) > 1
+            else None
+        )
+        e = summary[n]
+        out[n] = {
+            "name": n,
+            "N": e.get("num_eval"),
+            "seeds": e["seeds"],
+            "values": vals,
+            "mean": mean,
+            "std": sd,
+        }
+    return out
+
+
 def evaluate_claim(claim: Claim, summary: dict) -> dict:
     """The claim's arms, difference, standard error, and whether it holds (None: not enough evidence)."""
     a, b = _arm(summary, claim.a, claim.metric), _arm(summary, claim.b, claim.metric)
+    matched = None
+    if claim.rule == "gt2se_matched":
+        matched = matched_at_precision(summary, (claim.a, claim.b), claim.metric)
+        a, b = matched.get(claim.a), matched.get(claim.b)
     out = {
         "id": claim.id,
         "claim": claim.text,
@@ -100,6 +156,12 @@ def evaluate_claim(claim: Claim, summary: dict) -> dict:
         "arms": [a, b],
         "holds": None,
     }
+    if matched is not None:
+        out["arms"] = [a, b]
+        if "why" in matched:
+            out["why"] = matched["why"]
+            return out
+        out["matched_precision"] = matched["precision"]
     if a is None or b is None:
         out["why"] = f"arm {claim.a if a is None else claim.b!r} not measured"
         return out
@@ -122,7 +184,7 @@ def evaluate_claim(claim: Claim, summary: dict) -> dict:
         return out
     if claim.rule == "le":
         out["holds"] = diff <= 0
-    elif claim.rule == "gt2se":
+    elif claim.rule in ("gt2se", "gt2se_matched"):
         out["holds"] = diff > 2 * se
     else:  # 'ci': reported either way; it "holds" when the interval excludes zero
         out["holds"] = not (out["ci95"][0] <= 0 <= out["ci95"][1])
@@ -148,4 +210,4 @@ def evaluate_files(paths: list[str | Path]) -> dict:
     }
 
 
-__all__ = ["CLAIMS", "Claim", "evaluate_claim", "evaluate_files"]
+__all__ = ["CLAIMS", "Claim", "evaluate_claim", "evaluate_files", "matched_at_precision"]

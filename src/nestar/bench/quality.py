@@ -143,6 +143,9 @@ class QualityOptions:
     )  # one trained model per seed and entry; tables give mean +- std
     kid_subset_size: int = 1000
     progress: bool = True
+    # guidance scales at which every (entry, seed) is also sampled and scored (recall at matched
+    # precision, bench/claims.py); empty = only the entry's own guidance
+    guidance_sweep: tuple[float, ...] = ()
 
 
 def entries_for(opts: QualityOptions) -> list[Entry]:
@@ -396,6 +399,44 @@ def run_entry(
     return row
 
 
+def guidance_sweep(
+    entry: Entry,
+    opts: QualityOptions,
+    evaluator: _Evaluator,
+    log: Callable[[str], None],
+    train_seed: int,
+    row: dict,
+) -> list[dict]:
+    """The trained (entry, seed) sampled and scored at each guidance scale of `opts.guidance_sweep`
+    (same sampling seed and labels as its main row; that row's own scale is reused, not resampled).
+    Each point is cached apart (`entries/<slug>-cfg<g>.json`), so adding scales costs only those."""
+    from nestar.config import save_json
+    from nestar.evaluation.suite import balanced_labels
+    from nestar.pipeline import Pipeline
+
+    slug, pipe, points = _seed_slug(entry, train_seed), None, []
+    for g in opts.guidance_sweep:
+        if g == row["sampling"]["cfg"]:
+            points.append({"guidance": g, "metrics": row["metrics"]})
+            continue
+        key = {**row["key"], "guidance": g}
+        cache = Path(opts.out) / "entries" / f"{slug}-cfg{g:g}.json"
+        if cache.is_file() and _same_key(json.loads(cache.read_text()).get("key"), key):
+            points.append(json.loads(cache.read_text())["point"])
+            continue
+        pipe = pipe or Pipeline.from_pretrained(row["run_dir"])
+        labels = balanced_labels(opts.num_eval, pipe.config.data.num_classes)
+        log(f"-- {entry.name} (train seed {train_seed}): guidance {g:g}, {opts.num_eval} images")
+        gen = torch.Generator().manual_seed(row["sampling"]["seed"])
+        images = pipe(labels, guidance_scale=g, generator=gen, batch_size=opts.batch_size).images
+        metrics, _ = evaluator(
+            images, labels, opts.kid_subset_size, seam_patch_size=_seam_patch(pipe.config)
+        )
+        points.append({"guidance": g, "metrics": metrics})
+        save_json({"point": points[-1], "key": key}, cache)
+    return points
+
+
 def run_quality(opts: QualityOptions, log: Callable[[str], None] = print) -> dict:
     """Run every entry of the chosen suites in one process; returns the rows and the environment."""
     entries = entries_for(opts)
@@ -416,7 +457,10 @@ def run_quality(opts: QualityOptions, log: Callable[[str], None] = print) -> dic
         )
     for e in entries:
         for seed in opts.train_seeds:
-            rows.append(run_entry(e, opts, evaluator, log, seed))
+            row = run_entry(e, opts, evaluator, log, seed)
+            if opts.guidance_sweep:
+                row = {**row, "guidance_sweep": guidance_sweep(e, opts, evaluator, log, seed, row)}
+            rows.append(row)
     return {
         "rows": rows,
         "summary": summarize(rows),
@@ -442,6 +486,9 @@ SUMMARY_METRICS = (
 )
 
 
+SWEEP_METRICS = ("fid", "precision", "recall")
+
+
 def summarize(rows: list[dict]) -> dict[str, dict]:
     """Per entry name: the training seeds, and mean / sample std / per-seed values of each metric."""
     out: dict[str, dict] = {}
@@ -451,6 +498,13 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
             {"group": r["group"], "seeds": [], "num_eval": r.get("num_eval"), "values": {}},
         )
         e["seeds"].append(r.get("train_seed", 0))
+        if "guidance_sweep" in r:  # per seed: (guidance, precision, recall, FID) points
+            e.setdefault("sweeps", []).append(
+                [
+                    {"guidance": p["guidance"], **{k: p["metrics"][k] for k in SWEEP_METRICS}}
+                    for p in r["guidance_sweep"]
+                ]
+            )
         for k in SUMMARY_METRICS:
             v = r["metrics"].get(k)
             e["values"].setdefault(k, []).append(
@@ -574,7 +628,38 @@ def markdown_report(result: dict) -> str:
                 " " + " ".join(r.get("overrides", [])) if r.get("overrides") else " (default)"
             )
             lines.append("| " + " | ".join(cells) + " |")
+    sweeps = sweep_table(result.get("summary", {}))
+    if sweeps:
+        lines += [
+            "",
+            "**Guidance sweep (mean ± std over training seeds)**",
+            "",
+            sweeps.rstrip("\n"),
+        ]
     return "\n".join(lines) + "\n"
+
+
+def sweep_table(summary: dict[str, dict]) -> str:
+    """FID / precision / recall per (entry, guidance scale), mean ± std over the seeds swept."""
+    lines = []
+    for name, e in summary.items():
+        for i, g in enumerate(p["guidance"] for p in (e.get("sweeps") or [[]])[0]):
+            pts = [sw[i] for sw in e["sweeps"] if len(sw) > i and sw[i]["guidance"] == g]
+            cells = [name, f"{g:g}", str(len(pts))]
+            for k, spec in (("fid", ".2f"), ("precision", ".3f"), ("recall", ".3f")):
+                xs = [p[k] for p in pts]
+                mean = sum(xs) / len(xs)
+                sd = (
+                    math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+                    if len(xs) > 1
+                    else None
+                )
+                cells.append(_pm(mean, sd, spec))
+            lines.append("| " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    head = "| model | guidance | seeds | FID | precision | recall |\n|---|---|---|---|---|---|\n"
+    return head + "\n".join(lines) + "\n"
 
 
 def montage(rows: list[dict], path: str | Path) -> Optional[Path]:

@@ -34,6 +34,18 @@ def _csv_ints(text: str) -> tuple[int, ...]:
     return out
 
 
+def _csv_floats(text: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(t) for t in _csv_list(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers (e.g. 1,1.5,2,3), got {text!r}"
+        ) from e
+    if not out or len(set(out)) != len(out) or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"expected distinct guidance scales >= 0, got {text!r}")
+    return out
+
+
 def _load(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--load takes NAME=PATH, got {text!r}")
@@ -211,6 +223,13 @@ def _add_quality(bsub) -> None:
         help="comma-separated training seeds, one model per seed and entry (e.g. 0,1,2); tables give "
         "mean ± std, and seed s samples with --seed + s",
     )
+    q.add_argument(
+        "--guidance-sweep",
+        type=_csv_floats,
+        default=(),
+        help="comma-separated guidance scales at which each trained model is also sampled and "
+        "scored (e.g. 1,1.5,2,3): recall at matched precision for `bench claims`",
+    )
     q.add_argument("--quick", action="store_true", help="tiny presets: a smoke test of the harness")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=run_quality)
@@ -340,6 +359,7 @@ def run_quality(args: argparse.Namespace) -> int:
         kid_subset_size=args.kid_subset_size,
         train_seeds=tuple(args.train_seeds),
         progress=not args.quiet,
+        guidance_sweep=tuple(args.guidance_sweep),
     )
     result = run_bench(opts)
     paths = write_report(result, args.out)
