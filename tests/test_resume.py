@@ -57,6 +57,21 @@ def test_allowed_change_is_recorded_in_config_and_checkpoint(run4, fmnist_small)
         Trainer(apply_overrides(cfg, ["train.steps=8"]), run, progress=False, dataset=fmnist_small)
 
 
+def test_a_training_only_model_field_is_a_recorded_fine_tune_not_another_network(run4, fmnist_small):
+    """The rollout objective as a fine-tune phase: switching it on when resuming needs the flag and is
+    recorded; a network field (depth) is still refused, flag or not."""
+    cfg, run = run4
+    tune = apply_overrides(cfg, ["train.steps=6", "model.rollout_prob=1.0"])
+    with pytest.raises(CheckpointError, match=r"model.rollout_prob: 0.0 -> 1.0"):
+        Trainer(tune, run, progress=False, dataset=fmnist_small)
+    Trainer(tune, run, progress=False, dataset=fmnist_small, allow_config_change=True).fit()
+    history = json.loads((run / "config.json").read_text())["history"]
+    assert history == [{"step": 4, "changes": {"model.rollout_prob": [0.0, 1.0], "train.steps": [4, 6]}}]
+    with pytest.raises(CheckpointError, match="model.depth"):
+        Trainer(apply_overrides(tune, ["model.depth=3"]), run, progress=False, dataset=fmnist_small,
+                allow_config_change=True)
+
+
 def test_exempt_fields_pass_unrecorded_and_steps_say_what_they_do(run4, fmnist_small, capsys):
     cfg, run = run4
     exempt = apply_overrides(cfg, ["train.log_every=1", "train.sample_every=3", "train.ckpt_every=1",

@@ -324,6 +324,9 @@ def check_config(path, saved: dict, config) -> None:
     diffs = diff_configs(
         {k: saved.get(k) for k in MATCHED_SECTIONS}, {k: now.get(k) for k in MATCHED_SECTIONS}
     )
+    # training-only model fields (e.g. the rollout objective) are the resume check's business
+    train_only = {f"model.{f}" for f in getattr(type(config.model), "TRAINING_ONLY", ())}
+    diffs = [d for d in diffs if d.split(":")[0] not in train_only]
     if diffs:
         raise CheckpointError(
             f"checkpoint {path} does not match the config: "

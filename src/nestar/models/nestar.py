@@ -18,7 +18,7 @@ preallocated KV cache per module so each step feeds only the newest patch and th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import nn
@@ -60,6 +60,10 @@ class NestARConfig(TokenModelConfig):
     `rollout_steps` head steps from the teacher-forced conditions, no guidance, no gradient) while its
     targets stay the real tokens; 0 = plain teacher forcing.
     """
+
+    # Fields that change only how the model is trained, not the network: a resume may change them
+    # (a fine-tune phase) with --allow-config-change, and the change is recorded in the run's history.
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("rollout_prob", "rollout_steps")
 
     grid_size: int = 8
     token_dim: int = 16

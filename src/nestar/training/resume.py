@@ -9,7 +9,8 @@
 - `train.steps` may change without a flag (continuing a run longer is the common wish) but is
   recorded, with a notice of what it does to a cosine LR schedule; so is `train.parallel` (DDP and
   FSDP2 compute the same updates; a DDP checkpoint continues under FSDP);
-- every other field (lr, schedule, batch size, precision, seed, EMA decay, ...) stops the resume
+- every other field (lr, schedule, batch size, precision, seed, EMA decay, ..., and the model's
+  training-only fields such as NestAR's rollout objective: `TRAINING_ONLY` on its config) stops the resume
   with a list of `field: old -> new`, unless the caller passes `allow=True`
   (`nestar train --allow-config-change`); then the change is recorded.
 
@@ -97,7 +98,11 @@ def reconcile_resume(
     )  # check_config's business
     if info.get("world_size", 1) != world_size:
         skip += ("train.grad_accum",)  # another layout: distributed.check_world_size decides
-    changes = config_changes(saved, config_to_dict(cfg), skip)
+    now = config_to_dict(cfg)
+    changes = config_changes(saved, now, skip)
+    for f in getattr(type(cfg.model), "TRAINING_ONLY", ()):  # not the network: like train.*
+        if saved["model"].get(f) != now["model"].get(f):
+            changes[f"model.{f}"] = [saved["model"].get(f), now["model"].get(f)]
     step = info["step"]
     if cfg.train.steps < step:
         raise CheckpointError(
