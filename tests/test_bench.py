@@ -183,3 +183,28 @@ def test_reconstruction_floor_scores_the_tokenizers_round_trip_of_the_real_rows_
         expected = tok.decode(tok.encode(real)).clamp(-1, 1)
     torch.testing.assert_close(scorer.images, expected)
     assert (scorer.images - real).abs().mean() > 0.05
+
+
+@pytest.mark.filterwarnings("ignore:only .* samples for 128-d features")
+def test_bench_nfe_scores_each_solver_setting_caches_it_and_reports_the_whole_sweep(tiny_cfg, fmnist_small, tmp_path,
+                                                                                   capsys):
+    """`bench nfe`: one row per (solver, grid, steps) with the NFE it spends (Heun s steps = 2s-1),
+    cached; a later command adding settings reports the earlier ones too, in NFE order."""
+    from nestar.training import Trainer
+
+    Trainer(tiny_cfg, tmp_path / "run", progress=False, dataset=fmnist_small).fit()
+    out = tmp_path / "nfe"
+    base = ["bench", "nfe", "--run", f"tiny={tmp_path / 'run'}", "--num-eval", "20", "--out", str(out), "--quiet"]
+    assert _run_cli(base + ["--nfe", "3", "--solvers", "euler,heun", "--grids", "uniform"]) == 0
+    res = json.loads((out / "nfe.json").read_text())
+    assert [(r["solver"], r["steps"], r["nfe"]) for r in res["rows"]] == [("euler", 3, 3), ("heun", 2, 3)]
+    assert res["rows"][0]["metrics"]["fid"] != res["rows"][1]["metrics"]["fid"]
+    capsys.readouterr()
+    assert _run_cli(base + ["--nfe", "5", "--solvers", "euler", "--grids", "data"]) == 0
+    assert capsys.readouterr().out.count("cached") == 0  # a new setting: sampled
+    rows = json.loads((out / "nfe.json").read_text())["rows"]
+    assert [(r["solver"], r["grid"], r["nfe"]) for r in rows] == [("euler", "data", 5), ("euler", "uniform", 3),
+                                                                  ("heun", "uniform", 3)]
+    assert "| euler | data | 5 | 5 |" in (out / "nfe.md").read_text()
+    assert _run_cli(base + ["--nfe", "3", "--solvers", "heun", "--grids", "uniform"]) == 0
+    assert "heun-uniform-2: cached" in capsys.readouterr().out

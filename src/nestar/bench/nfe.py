@@ -6,7 +6,9 @@ only by the solver), scores them with the quality bench's suite (classifier feat
 cached test-split statistics: FID, precision, recall, class agreement, seam statistic) and records
 the sampling time. Heun at s steps costs 2s - 1 evaluations; a requested NFE n is run as
 s = (n + 1) // 2 steps and the table gives the NFE actually spent. Finished settings are cached as
-JSON under `out/entries/` (keyed by run, setting, N and seed): an interrupted sweep continues.
+JSON under `out/entries/` (keyed by run, setting, N and seed): an interrupted sweep continues, and
+nfe.md / nfe.json cover every setting cached there with the same N and seed, so a sweep split over
+several commands (or models) ends in one report.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def run_nfe(opts: NFEOptions, log: Callable[[str], None] = print) -> dict:
             )
             rows.append(row)
     return {
-        "rows": rows,
+        "rows": _with_earlier_entries(rows, out_dir),
         "options": {
             "runs": opts.runs,
             "num_eval": opts.num_eval,
@@ -143,6 +145,33 @@ def run_nfe(opts: NFEOptions, log: Callable[[str], None] = print) -> dict:
             "batch_size": opts.batch_size,
         },
     }
+
+
+def _with_earlier_entries(rows: list[dict], out_dir: Path) -> list[dict]:
+    """This invocation's rows plus every other setting cached under `out_dir` by earlier ones (same
+    N and seed), so the report covers the whole sweep however it was split into commands; one table
+    per model, most NFE first."""
+    mine = {(r["name"], r["solver"], r["grid"], r["steps"]) for r in rows}
+    key = rows[0]["key"] if rows else None
+    for path in sorted((out_dir / "entries").glob("*.json")):
+        r = json.loads(path.read_text())
+        k = r.get("key", {})
+        if (r.get("name"), r.get("solver"), r.get("grid"), r.get("steps")) in mine or key is None:
+            continue
+        if (k.get("num_eval"), k.get("seed")) == (key["num_eval"], key["seed"]):
+            rows.append(r)
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    order = {s: i for i, s in enumerate(SOLVERS)}
+    grids = {g: i for i, g in enumerate(("uniform", "data", "noise"))}
+    return sorted(
+        rows,
+        key=lambda r: (
+            names.index(r["name"]),
+            -r["nfe"],
+            order[r["solver"]],
+            grids.get(r["grid"], 9),
+        ),
+    )
 
 
 def markdown(result: dict) -> str:

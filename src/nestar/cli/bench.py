@@ -259,7 +259,8 @@ def _add_nfe(bsub) -> None:
         description="Sample each trained model with every flow-head setting (solver x time grid x NFE "
         "per token; Heun at s steps costs 2s-1), score N images with the quality suite (FID, "
         "precision, recall, class agreement, seam) and write nfe.md / nfe.json under --out. Every "
-        "setting uses the same seed; finished settings are cached.\n\n"
+        "setting uses the same seed; finished settings are cached, and the report lists every "
+        "setting cached under --out (earlier commands and other models included).\n\n"
         "  nestar bench nfe --run nestar=runs/q/nestar --nfe 25,12,8,4 --solvers euler,heun "
         "--grids uniform,data",
         formatter_class=argparse.RawDescriptionHelpFormatter,
