@@ -151,6 +151,14 @@ def test_bench_quality_train_seeds_give_mean_and_std_and_a_guidance_sweep(tmp_pa
     capsys.readouterr()
     assert _run_cli(argv) == 0
     assert "guidance 1" not in capsys.readouterr().out  # every point came from the cache
+    # --cached-only: a third seed is reported as missing, nothing is trained or sampled
+    more = [a if a != "0,1" else "0,1,2" for a in argv] + ["--guidance-sweep", "1,2,3", "--cached-only"]
+    assert _run_cli(more) == 0
+    out_text = capsys.readouterr().out
+    assert "nestar (train seed 2): not cached, left out" in out_text and "guidance 3 not cached" in out_text
+    assert not (runs / "nestar-seed2").exists()
+    res3 = json.loads((out / "quality.json").read_text())
+    assert [r.get("train_seed") for r in res3["rows"] if r["name"] == "nestar"] == [0, 1]
 
 
 def test_reconstruction_floor_scores_the_tokenizers_round_trip_of_the_real_rows_images(tmp_path, fmnist_arrays):

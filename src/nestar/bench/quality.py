@@ -146,6 +146,9 @@ class QualityOptions:
     # guidance scales at which every (entry, seed) is also sampled and scored (recall at matched
     # precision, bench/claims.py); empty = only the entry's own guidance
     guidance_sweep: tuple[float, ...] = ()
+    # report only what is cached (no training or sampling): rebuilds quality.json / .md after the
+    # entries were run one command at a time
+    cached_only: bool = False
 
 
 def entries_for(opts: QualityOptions) -> list[Entry]:
@@ -304,8 +307,9 @@ def run_entry(
     evaluator: _Evaluator,
     log: Callable[[str], None],
     train_seed: int = 0,
-) -> dict:
-    """Train (or resume), sample `num_eval` images, evaluate, save a grid; cached by config.
+) -> Optional[dict]:
+    """Train (or resume), sample `num_eval` images, evaluate, save a grid; cached by config
+    (None with `opts.cached_only` when the entry is not cached).
 
     Training seed s samples with seed `opts.seed + s`, so the spread over seeds holds both the
     training and the sampling noise.
@@ -339,6 +343,9 @@ def run_entry(
         if _same_key(cached.get("key"), key):
             log(f"-- {entry.name}: cached ({cache})")
             return cached
+    if opts.cached_only:
+        log(f"-- {entry.name} (train seed {train_seed}): not cached, left out (--cached-only)")
+        return None
     run_dir = Path(opts.runs_dir) / slug
     log(
         f"-- {entry.name} (train seed {train_seed}): training {cfg.preset} {' '.join(entry.overrides)} -> {run_dir}"
@@ -424,6 +431,9 @@ def guidance_sweep(
         if cache.is_file() and _same_key(json.loads(cache.read_text()).get("key"), key):
             points.append(json.loads(cache.read_text())["point"])
             continue
+        if opts.cached_only:
+            log(f"-- {entry.name} (train seed {train_seed}): guidance {g:g} not cached, left out")
+            continue
         pipe = pipe or Pipeline.from_pretrained(row["run_dir"])
         labels = balanced_labels(opts.num_eval, pipe.config.data.num_classes)
         log(f"-- {entry.name} (train seed {train_seed}): guidance {g:g}, {opts.num_eval} images")
@@ -458,6 +468,8 @@ def run_quality(opts: QualityOptions, log: Callable[[str], None] = print) -> dic
     for e in entries:
         for seed in opts.train_seeds:
             row = run_entry(e, opts, evaluator, log, seed)
+            if row is None:  # --cached-only and not cached
+                continue
             if opts.guidance_sweep:
                 row = {**row, "guidance_sweep": guidance_sweep(e, opts, evaluator, log, seed, row)}
             rows.append(row)

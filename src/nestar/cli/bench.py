@@ -230,6 +230,12 @@ def _add_quality(bsub) -> None:
         help="comma-separated guidance scales at which each trained model is also sampled and "
         "scored (e.g. 1,1.5,2,3): recall at matched precision for `bench claims`",
     )
+    q.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="train and sample nothing: report the cached entries (and sweep points) only, e.g. to "
+        "rebuild quality.json after running the entries one command at a time",
+    )
     q.add_argument("--quick", action="store_true", help="tiny presets: a smoke test of the harness")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=run_quality)
@@ -361,6 +367,7 @@ def run_quality(args: argparse.Namespace) -> int:
         train_seeds=tuple(args.train_seeds),
         progress=not args.quiet,
         guidance_sweep=tuple(args.guidance_sweep),
+        cached_only=args.cached_only,
     )
     result = run_bench(opts)
     paths = write_report(result, args.out)

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Every measurement behind the issue-13 claims (docs/results.md, sections 5, 6 and 8), as one
+# resumable script. Each stage is a `nestar bench` command whose finished entries are cached under
+# docs/results/: rerunning skips them, so the script can be stopped and restarted anywhere, split
+# over sessions, or run at once on a GPU (the models are ~7M parameters: minutes per arm there,
+# 30-50 min per arm on 2 CPU cores).
+#
+# Usage:  bash benchmarks/issue13.sh [STAGE ...]     (default: all stages, in this order)
+#   headline  nestar, raster AR, next-scale: N = 5,000, training seeds 0-2, guidance sweep 1-3
+#   baselines MAR and ARINAR, one seed, N = 5,000
+#   screen    the NestAR options at the demo size (one seed, N = 1,000; a first look only)
+#   curve     nestar and raster AR at 1,600 and 3,200 steps (seed 0, N = 5,000)
+#   latent    the headline arms on 8x8x4 latents of the project's own KL VAE (trained first)
+#   claims    docs/results/q13/quality.json rebuilt from the cache (whatever has finished), then
+#             docs/results/claims.json from it
+# Environment: RUNS (run directories, default runs/issue13), NESTAR (the command, default
+# `python -m nestar.cli.main` from this checkout), SEEDS (default 0,1,2), SWEEP (guidance scales of
+# the headline's sweep, default 1,1.5,2,3; SWEEP= skips it, e.g. to rebuild quality.json from the
+# cache after running the arms one at a time). The sweep samples from the run directories the
+# cached entries name, so it runs where the models were trained.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+RUNS=${RUNS:-runs/issue13}
+SEEDS=${SEEDS:-0,1,2}
+SWEEP=${SWEEP-1,1.5,2,3}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # shared machines: no spinning threads
+read -r -a NESTAR <<<"${NESTAR:-python -m nestar.cli.main}"
+Q=("${NESTAR[@]}" bench quality --quiet)
+SCREEN_SIZE=(--model.dim=128 --model.z_dim=128 --model.head.width=128 --model.head.batch_mul=1
+    --train.steps=1200 --train.batch_size=32 --train.precision=fp32 --train.ckpt_every=300
+    --train.sample_every=0)
+
+headline() {
+    local sweep=()
+    [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
+    "${Q[@]}" --suite models --only nestar,raster,nextscale --train-seeds "$SEEDS" --num-eval 5000 \
+        "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
+}
+baselines() {
+    "${Q[@]}" --suite models --only mar,arinar --num-eval 5000 --out docs/results/q13-baselines \
+        --runs-dir "$RUNS/q13" --train.ckpt_every=100
+}
+screen() {
+    local e
+    for e in nestar-rollout nestar-tokenloss nestar-boundarynoise nestar-depths246 nestar-rasterinit \
+        nestar-offset2 nestar-nonbr; do
+        "${Q[@]}" --suite ablations --only "$e" --num-eval 1000 --out "docs/results/screen13/$e" \
+            --runs-dir "$RUNS/screen13" "${SCREEN_SIZE[@]}"
+    done
+}
+curve() {
+    local steps
+    for steps in 1600 3200; do
+        "${Q[@]}" --suite models --only nestar,raster --num-eval 5000 --out "docs/results/curve13/$steps" \
+            --runs-dir "$RUNS/curve13-$steps" --train.steps="$steps" --train.ckpt_every=200
+    done
+}
+latent() {
+    local vae="$RUNS/vae-fmnist"
+    [[ -f $vae/config.json ]] || "${NESTAR[@]}" train-tokenizer --data.name=fashion_mnist --out "$vae"
+    "${Q[@]}" --suite models --only nestar,raster,nextscale --num-eval 5000 --out docs/results/latent13 \
+        --runs-dir "$RUNS/latent13" --tokenizer.name=kl --tokenizer.path="$vae" --train.ckpt_every=100
+}
+claims() {  # quality.json rebuilt from every cached headline entry first (arms may run one by one)
+    local sweep=()
+    [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
+    "${Q[@]}" --suite models --only nestar,raster,nextscale --train-seeds "$SEEDS" --num-eval 5000 \
+        "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100 --cached-only
+    "${NESTAR[@]}" bench claims docs/results/q13/quality.json --out docs/results/claims.json
+}
+
+stages=("$@")
+((${#stages[@]})) || stages=(headline baselines screen curve latent claims)
+for s in "${stages[@]}"; do
+    case $s in
+    headline | baselines | screen | curve | latent | claims)
+        echo "== issue13: $s ($(date -u +%FT%TZ))"
+        "$s"
+        ;;
+    *)
+        echo "unknown stage '$s' (headline baselines screen curve latent claims)" >&2
+        exit 2
+        ;;
+    esac
+done
