@@ -195,6 +195,74 @@ def _first(ds, n: int, seed: int) -> torch.Tensor:
     return _batch(ds, idx)
 
 
+def _optimizer(vae: KLAutoencoder, tc: VAETrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and kernels only (not biases or norms)."""
+    decay, no_decay = [], []
+    for p in vae.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": tc.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas))
+
+
+def _lr_at(step: int, tc: VAETrainConfig) -> float:
+    """Linear warm-up, then cosine decay to `min_lr_ratio` x lr."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    t = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _fit(vae: KLAutoencoder, train_ds, tc: VAETrainConfig, dev, log) -> tuple[list[float], float]:
+    """The training loop: (loss per step, seconds). Batches are drawn without replacement per epoch."""
+    opt = _optimizer(vae, tc)
+    prec = resolve_precision(tc.precision, dev, "train.precision")
+    log(prec.describe())
+    g_data = torch.Generator().manual_seed(tc.seed)
+    g_noise = torch.Generator(device=dev).manual_seed(tc.seed + 1)
+    losses: list[float] = []
+    perm, pos = torch.randperm(len(train_ds), generator=g_data), 0
+    t0 = time.time()
+    vae.train()
+    for step in range(tc.steps):
+        if pos + tc.batch_size > len(perm):
+            perm, pos = torch.randperm(len(train_ds), generator=g_data), 0
+        x = to_float(_batch(train_ds, perm[pos : pos + tc.batch_size]).to(dev))
+        pos += tc.batch_size
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, tc)
+        with prec.autocast(dev.type):
+            loss, parts = vae_loss(vae, x, tc, g_noise)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"non-finite VAE loss at step {step}: {parts}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), tc.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        if tc.log_every and ((step + 1) % tc.log_every == 0 or step + 1 == tc.steps):
+            log(
+                f"step {step + 1}/{tc.steps} loss {loss.item():.4f} (l1 {parts['l1']:.4f} l2 {parts['l2']:.4f} "
+                f"kl/px {parts['kl']:.3f}) lr {_lr_at(step, tc):.2e} {time.time() - t0:.0f}s"
+            )
+    vae.eval()
+    return losses, time.time() - t0
+
+
+def _eval_split(cfg: TokenizerTrainConfig, test_dataset, train_ds, log) -> tuple[object, str]:
+    """(dataset, split name) the PSNR is measured on: the test split, else the training images."""
+    if test_dataset is not None:
+        return test_dataset, "test"
+    try:
+        return build_dataset(cfg.data, "test"), "test"
+    except (FileNotFoundError, ValueError) as e:  # an image folder without a sibling test/ folder
+        log(f"no test split ({e}); PSNR is measured on training images")
+        return train_ds, "train"
+
+
 def train_vae(
     cfg: TokenizerTrainConfig,
     out_dir,
@@ -222,82 +290,19 @@ def train_vae(
         raise ConfigError(
             f"train.batch_size {tc.batch_size} exceeds the {len(train_ds)} training images"
         )
-    decay, no_decay = [], []
-    for p in vae.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": tc.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=tc.lr,
-        betas=tuple(tc.betas),
-    )
-
-    def lr_at(step: int) -> float:
-        if step < tc.warmup_steps:
-            return tc.lr * (step + 1) / tc.warmup_steps
-        t = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
-        return tc.lr * (
-            tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-        )
-
-    g_data = torch.Generator().manual_seed(tc.seed)
-    g_noise = torch.Generator(device=dev).manual_seed(tc.seed + 1)
     n_arch = sum(p.numel() for p in vae.parameters())
     log(
         f"training KL-VAE ({n_arch / 1e6:.2f}M params, "
         f"{arch.z_channels}x{cfg.data.image_size // arch.downsample_factor}^2 "
         f"latents) for {tc.steps} steps of {tc.batch_size} on {dev}"
     )
-    prec = resolve_precision(tc.precision, dev, "train.precision")
-    log(prec.describe())
-    losses: list[float] = []
-    perm, pos = torch.randperm(len(train_ds), generator=g_data), 0
-    t0 = time.time()
-    vae.train()
-    for step in range(tc.steps):
-        if pos + tc.batch_size > len(perm):
-            perm, pos = torch.randperm(len(train_ds), generator=g_data), 0
-        x = to_float(_batch(train_ds, perm[pos : pos + tc.batch_size]).to(dev))
-        pos += tc.batch_size
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        with prec.autocast(dev.type):
-            loss, parts = vae_loss(vae, x, tc, g_noise)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite VAE loss at step {step}: {parts}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), tc.grad_clip)
-        opt.step()
-        losses.append(loss.item())
-        if tc.log_every and ((step + 1) % tc.log_every == 0 or step + 1 == tc.steps):
-            log(
-                f"step {step + 1}/{tc.steps} loss {loss.item():.4f} (l1 {parts['l1']:.4f} l2 {parts['l2']:.4f} "
-                f"kl/px {parts['kl']:.3f}) lr {lr_at(step):.2e} {time.time() - t0:.0f}s"
-            )
-    train_seconds = time.time() - t0
-    vae.eval()
-    psnr_split = "test"
-    if test_dataset is not None:
-        test_ds = test_dataset
-    else:
-        try:
-            test_ds = build_dataset(cfg.data, "test")
-        except (
-            FileNotFoundError,
-            ValueError,
-        ) as e:  # an image folder without a sibling test/ folder
-            log(f"no test split ({e}); PSNR is measured on training images")
-            test_ds, psnr_split = train_ds, "train"
+    losses, train_seconds = _fit(vae, train_ds, tc, dev, log)
+    test_ds, psnr_split = _eval_split(cfg, test_dataset, train_ds, log)
     psnr = reconstruction_psnr(vae, _first(test_ds, tc.eval_images, tc.seed))
     mu, std = latent_statistics(vae, _first(train_ds, tc.scale_images, tc.seed), seed=tc.seed)
     shift = mu if tc.shift_latents else 0.0
-    scale = 1.0 / (
-        std if tc.shift_latents else math.sqrt(std * std + mu * mu)
-    )  # 1 / RMS about the shift
+    # 1 / RMS about the shift
+    scale = 1.0 / (std if tc.shift_latents else math.sqrt(std * std + mu * mu))
     extra = {
         "data": to_dict(cfg.data),
         "vae": to_dict(cfg.vae),
