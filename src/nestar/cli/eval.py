@@ -345,51 +345,35 @@ def run(args: argparse.Namespace) -> int:
         shutdown_distributed()
 
 
-def _run(args: argparse.Namespace) -> int:
-    import torch
+def _images_from_file(args, notes: list[str]):
+    """(data config, images, labels or None, sampling record) of `--images`, labels checked."""
+    from nestar.cli.common import load_config
 
+    data_cfg = load_config(args).data
+    images, labels = load_images(args.images, data_cfg.channels, data_cfg.image_size, notes)
+    if (
+        labels is not None
+        and len(labels)
+        and (labels.min() < 0 or labels.max() >= data_cfg.num_classes)
+    ):
+        bad = int(((labels < 0) | (labels >= data_cfg.num_classes)).sum())
+        raise ValueError(
+            f"--images {args.images}: {bad} label(s) outside [0, {data_cfg.num_classes}) "
+            f"(data.num_classes); fix the labels or --data.num_classes"
+        )
+    if args.num_samples < len(images):
+        images = images[: args.num_samples]
+        labels = labels[: args.num_samples] if labels is not None else None
+    sampling = {"images": str(args.images), "labels": "from file" if labels is not None else "none"}
+    return data_cfg, images, labels, sampling
+
+
+def _score(args, data_cfg, images, labels, seam_patch, progress: bool) -> dict:
+    """Features, reference statistics and every metric; warnings raised on the way become notes."""
     from nestar.evaluation.classifier import get_classifier
     from nestar.evaluation.extractors import ClassifierExtractor, build_extractor
     from nestar.evaluation.reference import reference_stats
     from nestar.evaluation.suite import compute_metrics
-
-    progress = not args.quiet
-    if args.num_samples < 2:
-        raise ValueError("--num-samples must be at least 2")
-    notes: list[str] = []
-    t_start = time.perf_counter()
-    if args.checkpoint:
-        pipe, images, labels, sampling = sample_checkpoint(args, progress)
-        if images is None:  # a torchrun rank other than 0: its share is sampled and sent
-            return 0
-        data_cfg = pipe.config.data
-        tok = pipe.config.tokenizer
-        seam_patch = tok.patch_size if tok.name == "patch" else None
-    else:
-        seam_patch = None
-        from nestar.cli.common import load_config
-
-        data_cfg = load_config(args).data
-        images, labels = load_images(args.images, data_cfg.channels, data_cfg.image_size, notes)
-        if (
-            labels is not None
-            and len(labels)
-            and (labels.min() < 0 or labels.max() >= data_cfg.num_classes)
-        ):
-            bad = int(((labels < 0) | (labels >= data_cfg.num_classes)).sum())
-            raise ValueError(
-                f"--images {args.images}: {bad} label(s) outside [0, {data_cfg.num_classes}) "
-                f"(data.num_classes); fix the labels or --data.num_classes"
-            )
-        if args.num_samples < len(images):
-            images = images[: args.num_samples]
-            labels = labels[: args.num_samples] if labels is not None else None
-        sampling = {
-            "images": str(args.images),
-            "labels": "from file" if labels is not None else "none",
-        }
-    if args.npz_out:
-        print(f"wrote {export_npz(images, labels, args.npz_out)} ({len(images)} samples)")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -410,10 +394,8 @@ def _run(args: argparse.Namespace) -> int:
         elif not args.no_classifier:  # class agreement always comes from the dataset classifier
             model, info = get_classifier(data_cfg, device=args.device, progress=progress)
             clf = ClassifierExtractor(model, info, args.device)
-            class_logits, classifier_info = (
-                clf.extract(images, progress=progress, desc="classifier")[1],
-                clf.describe(),
-            )
+            class_logits = clf.extract(images, progress=progress, desc="classifier")[1]
+            classifier_info = clf.describe()
         metrics = compute_metrics(
             feats,
             logits,
@@ -425,7 +407,39 @@ def _run(args: argparse.Namespace) -> int:
             images=images,
             seam_patch_size=seam_patch,
         )
-    notes += sorted({str(w.message) for w in caught})
+    return dict(
+        metrics=metrics,
+        extractor=extractor,
+        ref=ref,
+        classifier_info=classifier_info,
+        feature_s=feature_s,
+        notes=sorted({str(w.message) for w in caught}),
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    progress = not args.quiet
+    if args.num_samples < 2:
+        raise ValueError("--num-samples must be at least 2")
+    notes: list[str] = []
+    t_start = time.perf_counter()
+    if args.checkpoint:
+        pipe, images, labels, sampling = sample_checkpoint(args, progress)
+        if images is None:  # a torchrun rank other than 0: its share is sampled and sent
+            return 0
+        data_cfg = pipe.config.data
+        tok = pipe.config.tokenizer
+        seam_patch = tok.patch_size if tok.name == "patch" else None
+    else:
+        data_cfg, images, labels, sampling = _images_from_file(args, notes)
+        seam_patch = None
+    if args.npz_out:
+        print(f"wrote {export_npz(images, labels, args.npz_out)} ({len(images)} samples)")
+    sc = _score(args, data_cfg, images, labels, seam_patch, progress)
+    metrics, extractor, ref = sc["metrics"], sc["extractor"], sc["ref"]
+    notes += sc["notes"]
     for n in notes:
         print(f"warning: {n}", file=sys.stderr)
 
@@ -433,7 +447,7 @@ def _run(args: argparse.Namespace) -> int:
         "metrics": metrics,
         "num_samples": int(len(images)),
         "extractor": extractor.describe(),
-        "class_agreement_classifier": classifier_info,
+        "class_agreement_classifier": sc["classifier_info"],
         "reference": {
             "split": args.ref_split,
             "num_images": ref.num_images,
@@ -443,7 +457,7 @@ def _run(args: argparse.Namespace) -> int:
         "sampling": sampling,
         "notes": notes,
         "timing": {
-            "feature_seconds": round(feature_s, 2),
+            "feature_seconds": round(sc["feature_s"], 2),
             "total_seconds": round(time.perf_counter() - t_start, 2),
             "threads": torch.get_num_threads(),
             "device": args.device,
@@ -457,15 +471,12 @@ def _run(args: argparse.Namespace) -> int:
 
     save_json(result, args.out)
     m = metrics
+    agreement = (
+        f" | class agreement {m['class_agreement']:.1%}" if m["class_agreement"] is not None else ""
+    )
     print(
         f"FID {m['fid']:.3f} | KID {m['kid_mean']:.5f} ± {m['kid_std']:.5f} | precision {m['precision']:.3f} "
-        f"recall {m['recall']:.3f}"
-        + (
-            f" | class agreement {m['class_agreement']:.1%}"
-            if m["class_agreement"] is not None
-            else ""
-        )
-        + f"  ({len(images)} samples, {extractor.name})"
+        f"recall {m['recall']:.3f}{agreement}  ({len(images)} samples, {extractor.name})"
     )
     print(f"wrote {args.out}")
     print(json.dumps(m))
