@@ -130,6 +130,45 @@ def _shard_ok(path: Path, start: int, count: int, weights: str) -> bool:
     )
 
 
+def _open_manifest(root: Path, key: dict, fresh: dict) -> dict:
+    """The existing manifest if it matches `key`, else a new one ({**key, **fresh}) written now;
+    refuses a cache made with other settings and a non-empty directory that is not a cache."""
+    manifest = _read_manifest(root)
+    if manifest is not None:
+        diffs = _diff(key, {k: manifest.get(k) for k in key})
+        if diffs:
+            raise CacheMismatchError(
+                f"{root} holds a latent cache made with different settings; nothing was "
+                f"changed. Use another --out, or delete it to rebuild: " + "; ".join(diffs)
+            )
+        return manifest
+    if root.exists() and any(root.iterdir()):
+        raise CacheMismatchError(
+            f"{root} exists and is not a latent cache (no {MANIFEST}); refusing to write into it"
+        )
+    manifest = {**key, **fresh}
+    save_json(manifest, root / MANIFEST)
+    return manifest
+
+
+def _encode_shard(tokenizer, subset, batch_size: int, num_workers: int, dtype: str) -> dict:
+    """{'moments': (n, 2, 2C, h, w) for each image and its horizontal flip, 'labels': (n,)}."""
+    from nestar.data import collate, to_float
+
+    dev = next(tokenizer.parameters()).device
+    loader = torch.utils.data.DataLoader(
+        subset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers
+    )
+    moments, labels = [], []
+    for images, lab in loader:
+        x = to_float(images.to(dev))
+        m0 = torch.cat(tokenizer.encode_moments(x), 1)
+        m1 = torch.cat(tokenizer.encode_moments(x.flip(-1)), 1)
+        moments.append(torch.stack([m0, m1], 1).to("cpu", DTYPES[dtype]))
+        labels.append(torch.as_tensor(lab, dtype=torch.int64))
+    return {"moments": torch.cat(moments).contiguous(), "labels": torch.cat(labels).contiguous()}
+
+
 def cache_latents(
     tokenizer,
     dataset,
@@ -152,9 +191,6 @@ def cache_latents(
     manifest.
     """
     from safetensors.torch import save_file
-
-    from nestar.data import to_float
-    from nestar.data import collate
 
     log = log or (lambda s: None)
     if not hasattr(tokenizer, "encode_moments"):
@@ -181,64 +217,31 @@ def cache_latents(
         "shard_size": shard_size,
         "dtype": dtype,
     }
-    manifest = _read_manifest(root)
-    if manifest is not None:
-        diffs = _diff(key, {k: manifest.get(k) for k in key})
-        if diffs:
-            raise CacheMismatchError(
-                f"{root} holds a latent cache made with different settings; nothing was "
-                f"changed. Use another --out, or delete it to rebuild: " + "; ".join(diffs)
-            )
-    elif root.exists() and any(root.iterdir()):
-        raise CacheMismatchError(
-            f"{root} exists and is not a latent cache (no {MANIFEST}); refusing to write into it"
-        )
-    if manifest is None:
-        manifest = {
-            **key,
-            "num_shards": num_shards,
-            "flip": True,
-            "scale": tokenizer.scale,
-            "shift": tokenizer.shift,
-            "tokenizer_config": tokenizer_config,
-            "data_config": data_config,
-            "shards": {},
-            "complete": False,
-        }
-        save_json(manifest, root / MANIFEST)
+    fresh = {
+        "num_shards": num_shards,
+        "flip": True,
+        "scale": tokenizer.scale,
+        "shift": tokenizer.shift,
+        "tokenizer_config": tokenizer_config,
+        "data_config": data_config,
+        "shards": {},
+        "complete": False,
+    }
+    manifest = _open_manifest(root, key, fresh)
     weights = ident["weights_sha256"]
     written, t0 = 0, time.time()
-    dev = next(tokenizer.parameters()).device
     for s in range(num_shards):
         lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
         path = root / shard_name(s)
         if _shard_ok(path, lo, hi - lo, weights):
-            if (
-                shard_name(s) not in manifest["shards"]
-            ):  # written before a crash hit the manifest update
+            if shard_name(s) not in manifest["shards"]:  # written before a crash hit the manifest
                 manifest["shards"][shard_name(s)] = {"start": lo, "count": hi - lo}
                 save_json(manifest, root / MANIFEST)
             continue
         if max_shards is not None and written >= max_shards:
             break
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, range(lo, hi)),
-            batch_size=batch_size,
-            shuffle=False,
-            collate_fn=collate,
-            num_workers=num_workers,
-        )
-        moments, labels = [], []
-        for images, lab in loader:
-            x = to_float(images.to(dev))
-            m0 = torch.cat(tokenizer.encode_moments(x), 1)
-            m1 = torch.cat(tokenizer.encode_moments(x.flip(-1)), 1)
-            moments.append(torch.stack([m0, m1], 1).to("cpu", DTYPES[dtype]))
-            labels.append(torch.as_tensor(lab, dtype=torch.int64))
-        tensors = {
-            "moments": torch.cat(moments).contiguous(),
-            "labels": torch.cat(labels).contiguous(),
-        }
+        subset = torch.utils.data.Subset(dataset, range(lo, hi))
+        tensors = _encode_shard(tokenizer, subset, batch_size, num_workers, dtype)
         meta = {
             "format": CACHE_FORMAT,
             "start": str(lo),
