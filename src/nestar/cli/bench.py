@@ -20,30 +20,26 @@ def _grids(text: str) -> tuple[int, ...]:
         ) from e
 
 
-def _csv_ints(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(t) for t in _csv_list(text))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers (e.g. 0,1,2), got {text!r}"
-        ) from e
-    if not out or len(set(out)) != len(out) or min(out) < 0:
-        raise argparse.ArgumentTypeError(
-            f"expected distinct non-negative integers (e.g. 0,1,2), got {text!r}"
-        )
-    return out
+def _distinct_csv(cast, example: str):
+    """An argparse type: comma-separated distinct non-negative numbers of type `cast`."""
+
+    def parse(text: str) -> tuple:
+        try:
+            out = tuple(cast(t) for t in _csv_list(text))
+        except ValueError:
+            out = ()
+        if not out or len(set(out)) != len(out) or min(out) < 0:
+            raise argparse.ArgumentTypeError(
+                f"expected distinct non-negative {cast.__name__}s, comma-separated "
+                f"(e.g. {example}), got {text!r}"
+            )
+        return out
+
+    return parse
 
 
-def _csv_floats(text: str) -> tuple[float, ...]:
-    try:
-        out = tuple(float(t) for t in _csv_list(text))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers (e.g. 1,1.5,2,3), got {text!r}"
-        ) from e
-    if not out or len(set(out)) != len(out) or min(out) < 0:
-        raise argparse.ArgumentTypeError(f"expected distinct guidance scales >= 0, got {text!r}")
-    return out
+_csv_ints = _distinct_csv(int, "0,1,2")  # training seeds, NFE counts
+_csv_floats = _distinct_csv(float, "1,1.5,2,3")  # guidance scales
 
 
 def _load(text: str) -> tuple[str, str]:
