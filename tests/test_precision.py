@@ -80,3 +80,15 @@ def test_classifier_key_ignores_precision_and_default_classifier_ships():
     except DatasetMissingError as e:
         pytest.skip(str(e))
     assert (SHIPPED_DIR / f"fashion_mnist-{key}.safetensors").is_file()
+
+
+def test_legacy_nestar_configs_keep_the_defaults_they_were_trained_with():
+    """A NestAR config written before `neighbour_context` / `loss_weighting` existed reads as trained
+    then (no neighbour context, per-module loss means), whatever today's defaults are."""
+    d = to_dict(get_preset("nestar-tiny"))
+    assert d["model"]["neighbour_context"] is True
+    del d["model"]["neighbour_context"], d["model"]["loss_weighting"]
+    old = load_run_config(d).model
+    assert (old.neighbour_context, old.loss_weighting) == (False, "module")
+    d["model"]["loss_weighting"] = "token"  # a value that was written is kept
+    assert load_run_config(d).model.loss_weighting == "token"

@@ -237,14 +237,12 @@ class RunConfig:
 
 def upgrade_legacy(data: dict) -> dict:
     """Read older configs: `train.bf16` true/false -> `train.precision` 'bf16'/'fp32'; a NestAR model
-    section without `neighbour_context` was trained without it (the default before it became on)."""
+    section without `neighbour_context` or `loss_weighting` was trained with the defaults of its
+    time (no neighbour context; per-module loss means)."""
     model = data.get("model")
-    if (
-        data.get("model_type") == "nestar"
-        and isinstance(model, dict)
-        and "neighbour_context" not in model
-    ):
-        data["model"] = {**model, "neighbour_context": False}
+    if data.get("model_type") == "nestar" and isinstance(model, dict):
+        legacy = {"neighbour_context": False, "loss_weighting": "module"}
+        data["model"] = {**{k: v for k, v in legacy.items() if k not in model}, **model}
     train = data.get("train")
     if isinstance(train, dict) and "bf16" in train:
         train = dict(train)
