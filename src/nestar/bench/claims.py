@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from nestar.bench.quality import mean_std
+
 MIN_N, MIN_SEEDS = 5000, 3
 
 
@@ -123,12 +125,7 @@ def matched_at_precision(summary: dict, names: tuple[str, str], metric: str) -> 
     out: dict = {"precision": p_star}
     for n in names:
         vals = [_interp(p_star, ps, ys) for ps, ys in curves[n]]
-        mean = sum(vals) / len(vals)
-        sd = (
-            math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-            if len(vals) > 1
-            else None
-        )
+        mean, sd = mean_std(vals)
         e = summary[n]
         out[n] = {
             "name": n,

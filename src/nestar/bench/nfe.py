@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from nestar.heads.flow_mlp import TIME_GRIDS
+
 SOLVERS = ("euler", "heun")
 
 
@@ -162,7 +164,7 @@ def _with_earlier_entries(rows: list[dict], out_dir: Path) -> list[dict]:
             rows.append(r)
     names = list(dict.fromkeys(r["name"] for r in rows))
     order = {s: i for i, s in enumerate(SOLVERS)}
-    grids = {g: i for i, g in enumerate(("uniform", "data", "noise"))}
+    grids = {g: i for i, g in enumerate(TIME_GRIDS)}
     return sorted(
         rows,
         key=lambda r: (

@@ -501,6 +501,16 @@ SUMMARY_METRICS = (
 SWEEP_METRICS = ("fid", "precision", "recall")
 
 
+def mean_std(xs: list[float]) -> tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation (None for the std of fewer than two values)."""
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+
 def summarize(rows: list[dict]) -> dict[str, dict]:
     """Per entry name: the training seeds, and mean / sample std / per-seed values of each metric."""
     out: dict[str, dict] = {}
@@ -525,13 +535,7 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
     for e in out.values():
         e["mean"], e["std"] = {}, {}
         for k, vs in e["values"].items():
-            xs = [v for v in vs if v is not None]
-            e["mean"][k] = sum(xs) / len(xs) if xs else None
-            e["std"][k] = (
-                math.sqrt(sum((x - e["mean"][k]) ** 2 for x in xs) / (len(xs) - 1))
-                if len(xs) > 1
-                else None
-            )
+            e["mean"][k], e["std"][k] = mean_std([v for v in vs if v is not None])
     return out
 
 
@@ -659,14 +663,7 @@ def sweep_table(summary: dict[str, dict]) -> str:
             pts = [sw[i] for sw in e["sweeps"] if len(sw) > i and sw[i]["guidance"] == g]
             cells = [name, f"{g:g}", str(len(pts))]
             for k, spec in (("fid", ".2f"), ("precision", ".3f"), ("recall", ".3f")):
-                xs = [p[k] for p in pts]
-                mean = sum(xs) / len(xs)
-                sd = (
-                    math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
-                    if len(xs) > 1
-                    else None
-                )
-                cells.append(_pm(mean, sd, spec))
+                cells.append(_pm(*mean_std([p[k] for p in pts]), spec))
             lines.append("| " + " | ".join(cells) + " |")
     if not lines:
         return ""
