@@ -43,7 +43,7 @@ baselines() {
 }
 screen() {
     local e
-    for e in nestar-rollout nestar-tokenloss nestar-boundarynoise nestar-depths246 nestar-rasterinit \
+    for e in nestar-rollout nestar-moduleloss nestar-boundarynoise nestar-depths246 nestar-rasterinit \
         nestar-offset2 nestar-nonbr; do
         "${Q[@]}" --suite ablations --only "$e" --num-eval 1000 --out "docs/results/screen13/$e" \
             --runs-dir "$RUNS/screen13" "${SCREEN_SIZE[@]}"

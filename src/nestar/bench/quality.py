@@ -53,10 +53,10 @@ ABLATION_ENTRIES = [
         "queries: known neighbours vs position only",
     ),
     Entry(
-        "nestar-tokenloss",
+        "nestar-moduleloss",
         "nestar-fmnist",
-        ("model.loss_weighting=token",),
-        "loss: per-module vs per-token mean",
+        ("model.loss_weighting=module",),
+        "loss: per-token vs per-module mean",
     ),
     Entry(
         "nestar-offset2",

@@ -51,8 +51,8 @@ class NestARConfig(TokenModelConfig):
     the prefix at the fixed level `sample_prefix_noise` (cascaded-diffusion conditioning augmentation).
     `neighbour_context` (default on): each query token also embeds the values of its already-known 8
     neighbours (static tables from the order; nothing from its own or a later patch); off = queries
-    carry only position, as in the paper. `loss_weighting`: 'module'
-    sums the per-module mean losses (times `module_loss_weights`); 'token' weighs every token equally.
+    carry only position, as in the paper. `loss_weighting`: 'token' (default) weighs every token
+    equally; 'module' sums the per-module mean losses (the paper's reading; times `module_loss_weights`).
     `order_offset`: cyclic shift of the order (lattice, 8x8, k=4: 2 puts module 1 at the quadrant
     centres). `embed_init`: 'default' (PyTorch's) or 'raster' (truncated normal 0.02, as raster AR).
     `rollout_prob`: the rollout objective; for that fraction of the training samples, module m+1
@@ -79,7 +79,7 @@ class NestARConfig(TokenModelConfig):
     prefix_noise_mode: str = "all"
     sample_prefix_noise: float = 0.0
     neighbour_context: bool = True
-    loss_weighting: str = "module"
+    loss_weighting: str = "token"
     order_offset: int = 0
     embed_init: str = "default"
     module_loss_weights: Optional[tuple[float, ...]] = None
