@@ -39,6 +39,22 @@ def test_shipped_model_keeps_in_step_with_its_preset_and_samples():
     assert out.sequential_steps == 10 and len(out.intermediates) == len(out.known) == 3
 
 
+def test_fast_preset_is_nestar_fmnist_with_at_most_10_head_evaluations_per_token():
+    from nestar.heads.flow_mlp import FlowMLPHead, flow_solver
+    from nestar.registry import build_model
+
+    fast, base = get_preset("nestar-fmnist-fast"), get_preset("nestar-fmnist")
+    fast_d, base_d = config_to_dict(fast), config_to_dict(base)
+    assert [k for k in base_d if k not in ("preset", "sample") and fast_d[k] != base_d[k]] == []
+    changed = {k for k in base_d["sample"] if fast_d["sample"][k] != base_d["sample"][k]}
+    assert changed == {"head_sampler", "num_steps"}  # the same trained model, another solver
+    model = build_model(fast)
+    with flow_solver(model, fast.sample.head_sampler, fast.sample.time_grid):
+        heads = [m for m in model.modules() if isinstance(m, FlowMLPHead)]
+        assert heads and all(h.nfe(fast.sample.num_steps) <= 10 for h in heads)
+    assert base.model.head.num_steps == base.sample.num_steps == 25
+
+
 @needs_shipped
 def test_shipped_metrics_describe_the_shipped_weights():
     folder = pretrained.pretrained_dir(SHIPPED)

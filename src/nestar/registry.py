@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 from nestar.config import ConfigError, check_min, from_dict, to_dict
@@ -325,6 +325,20 @@ def _nestar_fmnist() -> RunConfig:
         # Constant guidance: higher class agreement than the linear ramp (docs/results.md, "Defaults").
         sample=SampleConfig(cfg=3.0, cfg_schedule="constant", temperature=1.0, num_steps=25),
     )
+
+
+@preset("nestar-fmnist-fast")
+def _nestar_fmnist_fast() -> RunConfig:
+    """nestar-fmnist sampled with Heun, 5 flow-head steps: 9 head evaluations per token instead of 25.
+
+    Same model, training and guidance; only `sample.head_sampler` / `sample.num_steps` differ, so a
+    trained nestar-fmnist samples this way with those two overrides. Chosen from the NFE sweep
+    (docs/results.md section 7): the cheapest setting that keeps FID and recall close to 25 Euler
+    steps; Euler at 8 steps keeps FID but loses recall.
+    """
+    base = _nestar_fmnist()
+    base.sample = replace(base.sample, head_sampler="heun", num_steps=5)
+    return base
 
 
 @preset("nestar-fmnist-demo")
