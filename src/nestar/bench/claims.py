@@ -14,9 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from nestar.bench.quality import mean_std
-
 MIN_N, MIN_SEEDS = 5000, 3
+
+
+def mean_std(xs: list[float]) -> tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation (None for the std of fewer than two values)."""
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
 
 
 @dataclass(frozen=True)

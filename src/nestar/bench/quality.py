@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 import torch
 
+from nestar.bench.claims import mean_std
 from nestar.models import MODEL_SPECS
 
 
@@ -499,16 +500,6 @@ SUMMARY_METRICS = (
 
 
 SWEEP_METRICS = ("fid", "precision", "recall")
-
-
-def mean_std(xs: list[float]) -> tuple[Optional[float], Optional[float]]:
-    """Mean and sample standard deviation (None for the std of fewer than two values)."""
-    if not xs:
-        return None, None
-    mean = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def summarize(rows: list[dict]) -> dict[str, dict]:
