@@ -1,5 +1,7 @@
 """Claims are decided from mean ± std over seeds, and only with enough samples and seeds."""
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -69,3 +71,9 @@ def test_recall_is_compared_at_a_precision_both_arms_reach():
     apart = summarize(_swept("nestar", [[(1.0, 0.5, 0.7), (3.0, 0.6, 0.6)]] * 3) + _swept("nextscale", nextscale))
     far = evaluate_claim(_claim("recall_nestar_vs_nextscale"), apart)
     assert far["holds"] is None and "do not overlap" in far["why"]
+
+
+def test_claims_load_without_torch():
+    # `nestar bench claims` is pure statistics over JSON: it must not pay for importing torch.
+    code = "import sys, nestar.bench.claims; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

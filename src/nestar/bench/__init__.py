@@ -1,5 +1,16 @@
-"""Benchmarks: the speed harness (`nestar bench speed`, see benchmarks/README.md)."""
+"""Benchmarks: speed (`nestar bench speed`), quality, head steps and claims; see benchmarks/README.md.
 
-from nestar.bench.speed import SpeedOptions, run_speed, write_report
+Submodules are imported on use, not here: `nestar.bench.claims` is pure statistics and must load
+without torch (PEP 562 lazy attributes keep `from nestar.bench import run_speed` working).
+"""
+
+from importlib import import_module
+from typing import Any
 
 __all__ = ["SpeedOptions", "run_speed", "write_report"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(import_module("nestar.bench.speed"), name)
+    raise AttributeError(f"module 'nestar.bench' has no attribute {name!r}")
