@@ -71,6 +71,9 @@ def test_recall_is_compared_at_a_precision_both_arms_reach():
     apart = summarize(_swept("nestar", [[(1.0, 0.5, 0.7), (3.0, 0.6, 0.6)]] * 3) + _swept("nextscale", nextscale))
     far = evaluate_claim(_claim("recall_nestar_vs_nextscale"), apart)
     assert far["holds"] is None and "do not overlap" in far["why"]
+    one_point = summarize(_swept("nestar", nestar) + _swept("nextscale", nextscale[:2] + [[(3.0, 0.98, 0.3)]]))
+    partial = evaluate_claim(_claim("recall_nestar_vs_nextscale"), one_point)
+    assert partial["holds"] is None and "incomplete (one point) for nextscale seed 2" in partial["why"]
 
 
 def test_claims_load_without_torch():

@@ -121,6 +121,15 @@ def matched_at_precision(summary: dict, names: tuple[str, str], metric: str) -> 
         return {
             "why": f"no guidance sweep for {', '.join(missing)} (bench quality --guidance-sweep)"
         }
+    # A seed whose sweep has one point (its own scale: the others not scored yet) has no curve.
+    partial = [
+        f"{n} seed {seed}"
+        for n, sw in sweeps.items()
+        for seed, s in zip(summary[n]["seeds"], sw)
+        if len(s) < 2
+    ]
+    if partial:
+        return {"why": f"guidance sweep incomplete (one point) for {', '.join(partial)}"}
     curves = {
         n: [([p["precision"] for p in s], [p[metric] for p in s]) for s in sw]
         for n, sw in sweeps.items()
