@@ -147,6 +147,10 @@ def test_bench_quality_train_seeds_give_mean_and_std_and_a_guidance_sweep(tmp_pa
         assert r["guidance_sweep"][0]["metrics"]["fid"] != r["metrics"]["fid"]
     assert sorted(p.name for p in (out / "entries").glob("*-cfg*")) == ["nestar-cfg1.json", "nestar-seed1-cfg1.json"]
     assert len(s["sweeps"]) == 2 and set(s["sweeps"][0][0]) == {"guidance", "fid", "precision", "recall"}
+    assert s["sweep_seeds"] == [0, 1]
+    # where and how each figure was made: 'auto' precision resolves per CPU
+    assert rows[0]["train_precision"] in ("fp32", "bf16") and rows[0]["machine"]["cpu"]
+    assert rows[0]["guidance_sweep"][0]["sample_precision"] == rows[0]["sample_precision"]
     assert "| nestar | 1 | 2 |" in (out / "quality.md").read_text()
     capsys.readouterr()
     assert _run_cli(argv) == 0

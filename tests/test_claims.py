@@ -66,6 +66,7 @@ def test_recall_is_compared_at_a_precision_both_arms_reach():
     assert a["values"] == pytest.approx([0.60, 0.60, 0.72 - 0.20 * (0.10 / 0.14)])
     assert b["values"] == pytest.approx([0.50 - 0.20 / 3] * 3)
     assert rec["holds"] is True and rec["difference"] > 2 * rec["standard_error"]
+    assert rec["matched_by"] == "interpolated"
     unswept = summarize(_rows("nestar", [5.0] * 3, [0.6] * 3) + _swept("nextscale", nextscale))
     assert "--guidance-sweep" in evaluate_claim(_claim("recall_nestar_vs_nextscale"), unswept)["why"]
     apart = summarize(_swept("nestar", [[(1.0, 0.5, 0.7), (3.0, 0.6, 0.6)]] * 3) + _swept("nextscale", nextscale))
@@ -74,6 +75,45 @@ def test_recall_is_compared_at_a_precision_both_arms_reach():
     one_point = summarize(_swept("nestar", nestar) + _swept("nextscale", nextscale[:2] + [[(3.0, 0.98, 0.3)]]))
     partial = evaluate_claim(_claim("recall_nestar_vs_nextscale"), one_point)
     assert partial["holds"] is None and "incomplete (one point) for nextscale seed 2" in partial["why"]
+
+
+def test_without_a_common_precision_the_claim_falls_back_to_pareto_dominance():
+    """No precision is reached by every seed of both arms: a's lowest recall among its points at
+    least as precise as b's most precise point, against b's highest recall, per seed."""
+    nestar = [[(1.0, 0.90, 0.56), (2.0, 0.91, 0.55), (3.0, 0.90, 0.50)],
+              [(1.0, 0.89, 0.58), (2.0, 0.92, 0.53), (3.0, 0.93, 0.51)],
+              [(1.0, 0.91, 0.57), (3.0, 0.89, 0.49)]]
+    nextscale = [[(1.0, 0.88, 0.38), (2.0, 0.905, 0.42)],  # overlaps nestar's range...
+                 [(1.0, 0.86, 0.34), (3.0, 0.85, 0.35)],  # ...these two lie below it
+                 [(1.0, 0.87, 0.36), (3.0, 0.86, 0.37)]]
+    summary = summarize(_swept("nestar", nestar) + _swept("nextscale", nextscale))
+    rec = evaluate_claim(_claim("recall_nestar_vs_nextscale"), summary)
+    assert rec["matched_by"] == "dominance" and rec["matched_precision"] == pytest.approx(0.905)
+    a, b = rec["arms"]
+    assert a["values"] == pytest.approx([0.55, 0.51, 0.57]) and a["seeds"] == [0, 1, 2]
+    assert b["values"] == pytest.approx([0.42, 0.35, 0.37])
+    assert rec["holds"] is True
+    # b's best recall close to a's worst: computed the same way, decided by the 2-SE rule
+    close = [[(1.0, 0.88, 0.56), (2.0, 0.905, 0.40)]] + nextscale[1:]
+    near = evaluate_claim(_claim("recall_nestar_vs_nextscale"),
+                          summarize(_swept("nestar", nestar) + _swept("nextscale", close)))
+    assert near["matched_by"] == "dominance" and near["holds"] is False
+    # a seed of a that never gets as precise as b's top point: no dominance, undecided
+    higher = [[(1.0, 0.88, 0.38), (2.0, 0.925, 0.42)]] + nextscale[1:]
+    open_ = evaluate_claim(_claim("recall_nestar_vs_nextscale"),
+                           summarize(_swept("nestar", nestar) + _swept("nextscale", higher)))
+    assert open_["holds"] is None and "nestar seed(s) 0, 2 never reach" in open_["why"]
+
+
+def test_sweeps_carry_their_training_seed():
+    # seed 0 unswept, seeds 1-2 swept (one of them one point so far): the message names seed 2
+    rows = _swept("nextscale", [[(1.0, 0.88, 0.4), (3.0, 0.86, 0.35)]] * 3)
+    del rows[0]["guidance_sweep"]
+    rows[2]["guidance_sweep"] = rows[2]["guidance_sweep"][:1]
+    summary = summarize(_swept("nestar", [[(1.0, 0.9, 0.5), (3.0, 0.91, 0.45)]] * 3) + rows)
+    assert summary["nextscale"]["sweep_seeds"] == [1, 2]
+    why = evaluate_claim(_claim("recall_nestar_vs_nextscale"), summary)["why"]
+    assert why.endswith("for nextscale seed 2")
 
 
 def test_claims_load_without_torch():

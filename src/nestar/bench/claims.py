@@ -4,6 +4,10 @@ Each claim compares two arms (entry names of `nestar bench quality`) on one metr
 std over training seeds in quality.json's `summary`. A claim is only decided with the evidence the
 project's protocol asks for (N >= 5,000 samples and >= 3 seeds per arm); otherwise `holds` is None
 and `why` says what is missing. The difference's standard error is sqrt(sa^2/na + sb^2/nb).
+
+Matched-precision claims read each seed's metric at one precision from its guidance sweep
+(`matched_at_precision`); when no precision is reached by every swept seed of both arms they fall
+back to Pareto dominance (`dominance`), which needs no interpolation and no monotone curve.
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ def matched_at_precision(summary: dict, names: tuple[str, str], metric: str) -> 
     partial = [
         f"{n} seed {seed}"
         for n, sw in sweeps.items()
-        for seed, s in zip(summary[n]["seeds"], sw)
+        for seed, s in zip(_sweep_seeds(summary[n]), sw)
         if len(s) < 2
     ]
     if partial:
@@ -137,22 +141,57 @@ def matched_at_precision(summary: dict, names: tuple[str, str], metric: str) -> 
     lo = max(min(ps) for cs in curves.values() for ps, _ in cs)
     hi = min(max(ps) for cs in curves.values() for ps, _ in cs)
     if lo > hi:
-        return {"why": f"the swept precision ranges do not overlap ({lo:.3f} > {hi:.3f})"}
+        return dominance(summary, names, metric, f"{lo:.3f} > {hi:.3f}")
     p_star = (lo + hi) / 2
-    out: dict = {"precision": p_star}
+    out: dict = {"precision": p_star, "method": "interpolated"}
     for n in names:
-        vals = [_interp(p_star, ps, ys) for ps, ys in curves[n]]
-        mean, sd = mean_std(vals)
-        e = summary[n]
-        out[n] = {
-            "name": n,
-            "N": e.get("num_eval"),
-            "seeds": e["seeds"],
-            "values": vals,
-            "mean": mean,
-            "std": sd,
-        }
+        out[n] = _sweep_arm(summary, n, [_interp(p_star, ps, ys) for ps, ys in curves[n]])
     return out
+
+
+def dominance(summary: dict, names: tuple[str, str], metric: str, gap: str = "") -> dict:
+    """Fallback of `matched_at_precision` when no precision is reached by every swept seed.
+
+    For a metric where higher is better (recall). P_b is the highest precision any sweep point of b
+    reaches. Per seed, a's value is its LOWEST
+    `metric` among its points with precision >= P_b, b's value its HIGHEST over all its points. If a
+    clears b by the claim's rule, some guidance of every a seed is at least as precise as anything b
+    reached and still beats b's best: a dominates, with no interpolation and no monotone curve
+    assumed. Undecided when some seed of a never reaches P_b (b may then be the more precise arm)."""
+    a, b = names
+    sweeps = {n: summary[n]["sweeps"] for n in names}
+    p_b = max(p["precision"] for s in sweeps[b] for p in s)
+    above = [[p[metric] for p in s if p["precision"] >= p_b] for s in sweeps[a]]
+    short = [str(seed) for seed, v in zip(_sweep_seeds(summary[a]), above) if not v]
+    if short:
+        return {
+            "why": f"the swept precision ranges do not overlap ({gap}) and {a} seed(s) "
+            f"{', '.join(short)} never reach {b}'s top precision {p_b:.3f}, so neither arm dominates"
+        }
+    return {
+        "precision": p_b,
+        "method": "dominance",
+        a: _sweep_arm(summary, a, [min(v) for v in above]),
+        b: _sweep_arm(summary, b, [max(p[metric] for p in s) for s in sweeps[b]]),
+    }
+
+
+def _sweep_seeds(e: dict) -> list:
+    """The training seed of each sweep (quality.json before `sweep_seeds`: the seeds in order)."""
+    return e.get("sweep_seeds") or e["seeds"]
+
+
+def _sweep_arm(summary: dict, name: str, vals: list[float]) -> dict:
+    mean, sd = mean_std(vals)
+    e = summary[name]
+    return {
+        "name": name,
+        "N": e.get("num_eval"),
+        "seeds": _sweep_seeds(e)[: len(vals)],
+        "values": vals,
+        "mean": mean,
+        "std": sd,
+    }
 
 
 def evaluate_claim(claim: Claim, summary: dict) -> dict:
@@ -176,6 +215,7 @@ def evaluate_claim(claim: Claim, summary: dict) -> dict:
             out["why"] = matched["why"]
             return out
         out["matched_precision"] = matched["precision"]
+        out["matched_by"] = matched["method"]
     if a is None or b is None:
         out["why"] = f"arm {claim.a if a is None else claim.b!r} not measured"
         return out
@@ -224,4 +264,11 @@ def evaluate_files(paths: list[str | Path]) -> dict:
     }
 
 
-__all__ = ["CLAIMS", "Claim", "evaluate_claim", "evaluate_files", "matched_at_precision"]
+__all__ = [
+    "CLAIMS",
+    "Claim",
+    "dominance",
+    "evaluate_claim",
+    "evaluate_files",
+    "matched_at_precision",
+]

@@ -189,6 +189,12 @@ def _seed_slug(entry: Entry, train_seed: int) -> str:
     return entry.slug if train_seed == 0 else f"{entry.slug}-seed{train_seed}"
 
 
+def _machine() -> dict:
+    from nestar.bench.machine import cpu_model
+
+    return {"cpu": cpu_model(), "threads": torch.get_num_threads()}
+
+
 def _train_seconds(run_dir: Path) -> Optional[float]:
     """Wall time of the whole training (all invocations) from the log's last elapsed_s."""
     log = run_dir / "log.csv"
@@ -382,6 +388,11 @@ def run_entry(
         "train_steps": result.steps,
         "train_batch": cfg.train.batch_size,
         "train_seconds": _train_seconds(run_dir),
+        # where and how it ran: cached rows of one table may come from several machines, and
+        # precision 'auto' resolves by CPU (bf16 where native, else fp32)
+        "machine": _machine(),
+        "train_precision": pipe.config.train.precision,
+        "sample_precision": pipe.precision.name,
         "sample_ms_per_image": round(sample_s * 1000 / opts.num_eval, 2),
         "eval_seconds": round(eval_s, 1),
         "num_eval": opts.num_eval,
@@ -443,7 +454,14 @@ def guidance_sweep(
         metrics, _ = evaluator(
             images, labels, opts.kid_subset_size, seam_patch_size=_seam_patch(pipe.config)
         )
-        points.append({"guidance": g, "metrics": metrics})
+        points.append(
+            {
+                "guidance": g,
+                "metrics": metrics,
+                "machine": _machine(),
+                "sample_precision": pipe.precision.name,
+            }
+        )
         save_json({"point": points[-1], "key": key}, cache)
     return points
 
@@ -512,6 +530,7 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
         )
         e["seeds"].append(r.get("train_seed", 0))
         if "guidance_sweep" in r:  # per seed: (guidance, precision, recall, FID) points
+            e.setdefault("sweep_seeds", []).append(r.get("train_seed", 0))
             e.setdefault("sweeps", []).append(
                 [
                     {"guidance": p["guidance"], **{k: p["metrics"][k] for k in SWEEP_METRICS}}
@@ -582,6 +601,7 @@ def _row_cells(r: dict) -> list[str]:
         _fmt(m.get("seam"), ".2f"),
         _fmt(r.get("sample_ms_per_image"), ".1f"),
         _fmt(train / 60 if train else None, ".1f"),
+        r.get("train_precision") or "-",  # absent in rows cached before it was recorded
     ]
 
 
@@ -598,6 +618,7 @@ HEADER = [
     "seam",
     "ms/img (b64)",
     "train min",
+    "train dtype",
 ]
 
 

@@ -381,7 +381,13 @@ def run_claims(args: argparse.Namespace) -> int:
     for c in report["claims"]:
         verdict = {True: "holds", False: "does not hold", None: "undecided"}[c["holds"]]
         diff = f"{c['difference']:+.3f}" if c.get("difference") is not None else "-"
-        print(f"{c['id']}: {verdict} (a - b = {diff}){'; ' + c['why'] if c.get('why') else ''}")
+        at = (
+            f", {c['matched_by']} at precision {c['matched_precision']:.3f}"
+            if c.get("matched_by")
+            else ""
+        )
+        why = "; " + c["why"] if c.get("why") else ""
+        print(f"{c['id']}: {verdict} (a - b = {diff}{at}){why}")
     print(f"wrote {args.out}")
     return 0
 
