@@ -102,7 +102,8 @@ def test_bench_quality_quick_trains_evaluates_and_caches(tmp_path, capsys):
     assert by["nestar-zorder"]["group"] == "order: lattice vs zorder"
     for name in ("nestar", "raster", "nestar-zorder"):
         r = by[name]
-        assert r["train_steps"] == 6 and r["num_eval"] == 40 and (out / "grids" / f"{name}.png").is_file()
+        assert r["train_steps"] == 6 and r["num_eval"] == 40 and r["grid"] == f"grids/{name}.png"
+        assert (out / r["grid"]).is_file()
         assert 0 <= r["metrics"]["precision"] <= 1 and 0 <= r["metrics"]["class_agreement"] <= 1
         # an untrained tiny model is far from real images; real train images are not
         assert r["metrics"]["fid"] > 5 * by["real (train split)"]["metrics"]["fid"]
@@ -120,6 +121,22 @@ def test_bench_quality_quick_trains_evaluates_and_caches(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="unknown entries"):
         _run_cli(argv[:7] + ["nosuch"] + argv[8:])
+
+
+def test_grid_file_finds_grids_of_rows_cached_on_another_machine(tmp_path):
+    """Committed rows may hold another machine's absolute path: the grid is found by name under out."""
+    from nestar.bench.quality import grid_file, montage
+
+    (tmp_path / "grids").mkdir()
+    Image.new("RGB", (10, 12)).save(tmp_path / "grids" / "a.png")
+    rows = [
+        {"name": "a", "grid": "/elsewhere/results/grids/a.png", "metrics": {"fid": 1.0}},
+        {"name": "b", "grid": "grids/a.png", "metrics": {"fid": 2.0}},
+        {"name": "c", "grid": "grids/missing.png", "metrics": {"fid": 3.0}},
+    ]
+    assert [grid_file(r, tmp_path) for r in rows] == [tmp_path / "grids" / "a.png"] * 2 + [None]
+    assert montage(rows, tmp_path / "m.png") == tmp_path / "m.png"
+    assert Image.open(tmp_path / "m.png").width == 2 * 10 + 3 * 8  # two tiles, three paddings
 
 
 @pytest.mark.filterwarnings("ignore:only .* samples for 128-d features")

@@ -397,7 +397,8 @@ def run_entry(
         "eval_seconds": round(eval_s, 1),
         "num_eval": opts.num_eval,
         "metrics": metrics,
-        "grid": str(grid),
+        # relative to `out`: committed entries must still find their grid in a clone elsewhere
+        "grid": str(Path(grid).relative_to(out)) if Path(grid).is_relative_to(out) else str(grid),
         "run_dir": str(run_dir),
         "sampling": {
             "cfg": s.cfg,
@@ -683,14 +684,27 @@ def sweep_table(summary: dict[str, dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def grid_file(row: dict, out: str | Path) -> Optional[Path]:
+    """A row's sample grid under the results folder `out`, or None when it is not there.
+
+    Older cached rows hold the absolute path of the machine that ran them; those are looked up
+    by file name in `out/grids`, where the harness writes every grid."""
+    if not row.get("grid"):
+        return None
+    g = Path(row["grid"])
+    for p in (Path(out) / g, Path(out) / "grids" / g.name):
+        if p.is_file():
+            return p
+    return None
+
+
 def montage(rows: list[dict], path: str | Path) -> Optional[Path]:
     """The sample grid of every entry side by side, each titled with its name and FID."""
     from PIL import Image, ImageDraw
 
+    out = Path(path).parent
     tiles = [
-        (r, Image.open(r["grid"]).convert("RGB"))
-        for r in rows
-        if r.get("grid") and Path(r["grid"]).is_file()
+        (r, Image.open(g).convert("RGB")) for r in rows if (g := grid_file(r, out)) is not None
     ]
     if not tiles:
         return None
