@@ -7,6 +7,9 @@
 #
 # Usage:  bash benchmarks/issue13.sh [STAGE ...]     (default: all stages, in this order)
 #   headline  nestar, raster AR, next-scale: N = 5,000, training seeds 0-2, guidance sweep 1-3
+#   firstmod  the first-module ablation (module_depths 1,4,4): seeds 0-2, N = 5,000; and the
+#             default NestAR's seed 0 trained in fp32 (docs/results/q13-fp32), the precision control
+#             for the headline NestAR seeds, which trained in bf16
 #   baselines MAR and ARINAR, one seed, N = 5,000
 #   screen    the NestAR options at the demo size (one seed, N = 1,000; a first look only)
 #   curve     nestar and raster AR at 1,600 and 3,200 steps (seed 0, N = 5,000)
@@ -37,6 +40,12 @@ headline() {
     "${Q[@]}" --suite models --only nestar,raster,nextscale --train-seeds "$SEEDS" --num-eval 5000 \
         "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
 }
+firstmod() {
+    "${Q[@]}" --suite ablations --only nestar-first-small --train-seeds "$SEEDS" --num-eval 5000 \
+        --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
+    "${Q[@]}" --suite models --only nestar --num-eval 5000 --out docs/results/q13-fp32 \
+        --runs-dir "$RUNS/q13-fp32" --train.ckpt_every=100 --train.precision=fp32
+}
 baselines() {
     "${Q[@]}" --suite models --only mar,arinar --num-eval 5000 --out docs/results/q13-baselines \
         --runs-dir "$RUNS/q13" --train.ckpt_every=100
@@ -65,21 +74,22 @@ latent() {
 claims() {  # quality.json rebuilt from every cached headline entry first (arms may run one by one)
     local sweep=()
     [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
-    "${Q[@]}" --suite models --only nestar,raster,nextscale --train-seeds "$SEEDS" --num-eval 5000 \
-        "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100 --cached-only
+    "${Q[@]}" --suite models,ablations --only nestar,raster,nextscale,nestar-moduleloss,nestar-first-small \
+        --train-seeds "$SEEDS" --num-eval 5000 "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" \
+        --train.ckpt_every=100 --cached-only
     "${NESTAR[@]}" bench claims docs/results/q13/quality.json --out docs/results/claims.json
 }
 
 stages=("$@")
-((${#stages[@]})) || stages=(headline baselines screen curve latent claims)
+((${#stages[@]})) || stages=(headline firstmod baselines screen curve latent claims)
 for s in "${stages[@]}"; do
     case $s in
-    headline | baselines | screen | curve | latent | claims)
+    headline | firstmod | baselines | screen | curve | latent | claims)
         echo "== issue13: $s ($(date -u +%FT%TZ))"
         "$s"
         ;;
     *)
-        echo "unknown stage '$s' (headline baselines screen curve latent claims)" >&2
+        echo "unknown stage '$s' (headline firstmod baselines screen curve latent claims)" >&2
         exit 2
         ;;
     esac
