@@ -11,7 +11,9 @@
 #             default NestAR's seed 0 trained in fp32 (docs/results/q13-fp32), the precision control
 #             for the headline NestAR seeds, which trained in bf16
 #   baselines MAR and ARINAR, one seed, N = 5,000
-#   screen    the NestAR options at the demo size (one seed, N = 1,000; a first look only)
+#   screen    the NestAR options at the demo size against today's defaults (one seed, N = 1,000;
+#             a first look only; screen13/round3/, the folders beside it hold earlier rounds that
+#             ran against older defaults)
 #   curve     nestar and raster AR at 1,600 and 3,200 steps (seed 0, N = 5,000)
 #   latent    the headline arms on 8x8x4 latents of the project's own KL VAE (trained first)
 #   claims    docs/results/q13/quality.json rebuilt from the cache (whatever has finished), then
@@ -54,7 +56,7 @@ screen() {
     local e
     for e in nestar-rollout nestar-moduleloss nestar-boundarynoise nestar-depths246 nestar-rasterinit \
         nestar-offset2 nestar-nonbr; do
-        "${Q[@]}" --suite ablations --only "$e" --num-eval 1000 --out "docs/results/screen13/$e" \
+        "${Q[@]}" --suite ablations --only "$e" --num-eval 1000 --out "docs/results/screen13/round3/$e" \
             --runs-dir "$RUNS/screen13" "${SCREEN_SIZE[@]}"
     done
 }
