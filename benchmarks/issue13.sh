@@ -59,6 +59,9 @@ screen() {
         "${Q[@]}" --suite ablations --only "$e" --num-eval 1000 --out "docs/results/screen13/round3/$e" \
             --runs-dir "$RUNS/screen13" "${SCREEN_SIZE[@]}"
     done
+    # the reference: today's default trained the same way
+    "${Q[@]}" --suite models --only nestar --num-eval 1000 --out docs/results/screen13/round3/nestar \
+        --runs-dir "$RUNS/screen13" "${SCREEN_SIZE[@]}"
 }
 curve() {
     local steps
