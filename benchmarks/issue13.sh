@@ -21,8 +21,9 @@
 # Environment: RUNS (run directories, default runs/issue13), NESTAR (the command, default
 # `python -m nestar.cli.main` from this checkout), SEEDS (default 0,1,2), SWEEP (guidance scales of
 # the headline's sweep, default 1,1.5,2,3; SWEEP= skips it, e.g. to rebuild quality.json from the
-# cache after running the arms one at a time). The sweep samples from the run directories the
-# cached entries name, so it runs where the models were trained.
+# cache after running the arms one at a time). A sweep point not yet cached samples the trained model
+# of its entry: the run directory the entry recorded, else $RUNS/q13/<entry>; it stops with a clear
+# error where neither holds it (the models are not committed, only their scores).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

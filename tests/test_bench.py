@@ -139,6 +139,22 @@ def test_grid_file_finds_grids_of_rows_cached_on_another_machine(tmp_path):
     assert Image.open(tmp_path / "m.png").width == 2 * 10 + 3 * 8  # two tiles, three paddings
 
 
+def test_sweep_finds_the_trained_model_of_a_row_cached_on_another_machine(tmp_path):
+    """A cached row's recorded run_dir may be another machine's: the sweep looks under --runs-dir by
+    the row's slug, and stops with both paths named rather than sampling some other model."""
+    from nestar.bench.quality import _trained_run_dir
+
+    row = {"run_dir": "/elsewhere/runs/nestar-seed1"}
+    with pytest.raises(FileNotFoundError, match=r"/elsewhere/runs/nestar-seed1.*--runs-dir"):
+        _trained_run_dir(row, tmp_path, "nestar-seed1")
+    (tmp_path / "nestar-seed1" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError):  # a run folder with no finished checkpoint is not a model
+        _trained_run_dir(row, tmp_path, "nestar-seed1")
+    (tmp_path / "nestar-seed1" / "checkpoints" / "last.safetensors").write_bytes(b"")
+    assert _trained_run_dir(row, tmp_path, "nestar-seed1") == tmp_path / "nestar-seed1"
+    assert _trained_run_dir({"run_dir": str(tmp_path / "nestar-seed1")}, "/nowhere", "x") == tmp_path / "nestar-seed1"
+
+
 @pytest.mark.filterwarnings("ignore:only .* samples for 128-d features")
 def test_bench_quality_train_seeds_give_mean_and_std_and_a_guidance_sweep(tmp_path, capsys):
     """Two training seeds of one entry: two runs, per-seed rows, and a summary whose std is real.

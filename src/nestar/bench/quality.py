@@ -419,6 +419,20 @@ def run_entry(
     return row
 
 
+def _trained_run_dir(row: dict, runs_dir: str | Path, slug: str) -> Path:
+    """The run directory holding a cached row's trained model: the path the row recorded, else
+    `<runs_dir>/<slug>` (the row came from another machine or a moved runs folder). A sweep must
+    sample the very model the row scored, so a missing one is an error, never a retrain."""
+    for p in (Path(row["run_dir"]), Path(runs_dir) / slug):
+        if (p / "checkpoints" / "last.safetensors").is_file():
+            return p
+    raise FileNotFoundError(
+        f"guidance sweep of {slug}: its trained model is in neither {row['run_dir']} (recorded in "
+        f"the cached entry) nor {Path(runs_dir) / slug}; pass --runs-dir pointing at the folder "
+        "that holds it, or leave the sweep out (the cached points still load)"
+    )
+
+
 def guidance_sweep(
     entry: Entry,
     opts: QualityOptions,
@@ -447,7 +461,7 @@ def guidance_sweep(
         if opts.cached_only:
             log(f"-- {entry.name} (train seed {train_seed}): guidance {g:g} not cached, left out")
             continue
-        pipe = pipe or Pipeline.from_pretrained(row["run_dir"])
+        pipe = pipe or Pipeline.from_pretrained(_trained_run_dir(row, opts.runs_dir, slug))
         labels = balanced_labels(opts.num_eval, pipe.config.data.num_classes)
         log(f"-- {entry.name} (train seed {train_seed}): guidance {g:g}, {opts.num_eval} images")
         gen = torch.Generator().manual_seed(row["sampling"]["seed"])
