@@ -10,6 +10,8 @@
 #   firstmod  the first-module ablation (module_depths 1,4,4): seeds 0-2, N = 5,000; and the
 #             default NestAR's seed 0 trained in fp32 (docs/results/q13-fp32), the precision control
 #             for the headline NestAR seeds, which trained in bf16
+#   offset    the lattice offset 2 (module 1 at the quadrant centres; screening round 3's best
+#             option) at full size: seeds 0-2, N = 5,000
 #   baselines MAR and ARINAR, one seed, N = 5,000
 #   screen    the NestAR options at the demo size against today's defaults (one seed, N = 1,000;
 #             a first look only; screen13/round3/, the folders beside it hold earlier rounds that
@@ -49,6 +51,10 @@ firstmod() {
     "${Q[@]}" --suite models --only nestar --num-eval 5000 --out docs/results/q13-fp32 \
         --runs-dir "$RUNS/q13-fp32" --train.ckpt_every=100 --train.precision=fp32
 }
+offset() {
+    "${Q[@]}" --suite ablations --only nestar-offset2 --train-seeds "$SEEDS" --num-eval 5000 \
+        --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
+}
 baselines() {
     "${Q[@]}" --suite models --only mar,arinar --num-eval 5000 --out docs/results/q13-baselines \
         --runs-dir "$RUNS/q13" --train.ckpt_every=100
@@ -80,22 +86,22 @@ latent() {
 claims() {  # quality.json rebuilt from every cached headline entry first (arms may run one by one)
     local sweep=()
     [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
-    "${Q[@]}" --suite models,ablations --only nestar,raster,nextscale,nestar-moduleloss,nestar-first-small \
+    "${Q[@]}" --suite models,ablations --only nestar,raster,nextscale,nestar-moduleloss,nestar-first-small,nestar-offset2 \
         --train-seeds "$SEEDS" --num-eval 5000 "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" \
         --train.ckpt_every=100 --cached-only
     "${NESTAR[@]}" bench claims docs/results/q13/quality.json --out docs/results/claims.json
 }
 
 stages=("$@")
-((${#stages[@]})) || stages=(headline firstmod baselines screen curve latent claims)
+((${#stages[@]})) || stages=(headline firstmod offset baselines screen curve latent claims)
 for s in "${stages[@]}"; do
     case $s in
-    headline | firstmod | baselines | screen | curve | latent | claims)
+    headline | firstmod | offset | baselines | screen | curve | latent | claims)
         echo "== issue13: $s ($(date -u +%FT%TZ))"
         "$s"
         ;;
     *)
-        echo "unknown stage '$s' (headline firstmod baselines screen curve latent claims)" >&2
+        echo "unknown stage '$s' (headline firstmod offset baselines screen curve latent claims)" >&2
         exit 2
         ;;
     esac

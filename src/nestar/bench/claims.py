@@ -87,6 +87,14 @@ CLAIMS = (
         "recall",
         "ci",
     ),
+    Claim(
+        "fid_lattice_offset",
+        "the lattice offset 2 (module 1 at the quadrant centres, not the corners) changes FID",
+        "nestar-offset2",
+        "nestar",
+        "fid",
+        "ci",
+    ),
 )
 
 
