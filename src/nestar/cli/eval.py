@@ -258,7 +258,11 @@ def sample_checkpoint(args, progress: bool):
 
     from nestar.evaluation.suite import balanced_labels
     from nestar.pipeline import Pipeline
-    from nestar.training.distributed import distributed_sample, init_distributed
+    from nestar.training.distributed import (
+        distributed_sample,
+        init_distributed,
+        shutdown_distributed,
+    )
 
     from nestar.cli.common import apply_sample_overrides
 
@@ -307,6 +311,9 @@ def sample_checkpoint(args, progress: bool):
         temperature=settings["temperature"],
         num_steps=settings["num_steps"],
     )
+    # sampling is eval's only collective: every rank leaves the group together here, before rank 0
+    # spends minutes scoring (a barrier after scoring could outlast the group's timeout)
+    shutdown_distributed(sync=True)
     settings["sequential_steps"] = pipe.model.sequential_steps()
     settings["sample_seconds"] = round(time.perf_counter() - t0, 2)
     return pipe, (images.float() if images is not None else None), labels, settings

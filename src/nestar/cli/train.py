@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
         result = trainer.fit(max_steps=args.max_steps)
         if trainer.dist.is_main:
             print(_report(result, start, trainer.cfg.train.steps, trainer.dist.world_size))
+        shutdown_distributed(sync=True)  # all ranks leave together (see its docstring)
     finally:
-        shutdown_distributed()
+        shutdown_distributed()  # after an error: no barrier, the peers may never arrive
     return 0
 
 

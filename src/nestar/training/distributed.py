@@ -101,9 +101,16 @@ def init_distributed(
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend)
 
 
-def shutdown_distributed() -> None:
-    """Destroy the default process group if one exists (call once at the end of a torchrun program)."""
+def shutdown_distributed(sync: bool = False) -> None:
+    """Destroy the default process group if one exists (call once at the end of a torchrun program).
+
+    `sync=True` (the normal end, never after an error: the peers might not come) first meets every
+    rank at a barrier, so all ranks tear down together. Without it a rank that finished early
+    destroys its gloo connections while rank 0 is still busy; one CI run saw that rank abort
+    ('terminate called without an active exception', SIGABRT) after the results were written."""
     if dist.is_available() and dist.is_initialized():
+        if sync and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
