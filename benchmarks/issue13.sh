@@ -11,7 +11,8 @@
 #             default NestAR's seed 0 trained in fp32 (docs/results/q13-fp32), the precision control
 #             for the headline NestAR seeds, which trained in bf16
 #   offset    the lattice offset 2 (module 1 at the quadrant centres; screening round 3's best
-#             option) at full size: seeds 0-2, N = 5,000
+#             option) at full size: seeds 0-2, N = 5,000; and the first-module ablation with
+#             offset 2 (docs/results/q13-firstmod-offset2)
 #   baselines MAR and ARINAR, one seed, N = 5,000
 #   screen    the NestAR options at the demo size against today's defaults (one seed, N = 1,000;
 #             a first look only; screen13/round3/, the folders beside it hold earlier rounds that
@@ -54,6 +55,10 @@ firstmod() {
 offset() {
     "${Q[@]}" --suite ablations --only nestar-offset2 --train-seeds "$SEEDS" --num-eval 5000 \
         --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
+    # the first-module ablation with informative anchors (seed 0 cached; seeds 1-2 make it a claim)
+    "${Q[@]}" --suite ablations --only nestar-first-small --train-seeds "$SEEDS" --num-eval 5000 \
+        --out docs/results/q13-firstmod-offset2 --runs-dir "$RUNS/q13-firstmod-offset2" \
+        --train.ckpt_every=100 --model.order_offset=2
 }
 baselines() {
     "${Q[@]}" --suite models --only mar,arinar --num-eval 5000 --out docs/results/q13-baselines \
