@@ -11,8 +11,8 @@
 #             default NestAR's seed 0 trained in fp32 (docs/results/q13-fp32), the precision control
 #             for the headline NestAR seeds, which trained in bf16
 #   offset    the lattice offset 2 (module 1 at the quadrant centres; screening round 3's best
-#             option) at full size: seeds 0-2, N = 5,000; and the first-module ablation with
-#             offset 2 (docs/results/q13-firstmod-offset2)
+#             option) at full size: seeds 0-2, N = 5,000; and the first-module ablation at
+#             offset 2 (nestar-offset2-first-small, same seeds and N)
 #   baselines MAR and ARINAR, one seed, N = 5,000
 #   screen    the NestAR options at the demo size against today's defaults (one seed, N = 1,000;
 #             a first look only; screen13/round3/, the folders beside it hold earlier rounds that
@@ -52,13 +52,9 @@ firstmod() {
     "${Q[@]}" --suite models --only nestar --num-eval 5000 --out docs/results/q13-fp32 \
         --runs-dir "$RUNS/q13-fp32" --train.ckpt_every=100 --train.precision=fp32
 }
-offset() {
-    "${Q[@]}" --suite ablations --only nestar-offset2 --train-seeds "$SEEDS" --num-eval 5000 \
-        --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
-    # the first-module ablation with informative anchors (seed 0 cached; seeds 1-2 make it a claim)
-    "${Q[@]}" --suite ablations --only nestar-first-small --train-seeds "$SEEDS" --num-eval 5000 \
-        --out docs/results/q13-firstmod-offset2 --runs-dir "$RUNS/q13-firstmod-offset2" \
-        --train.ckpt_every=100 --model.order_offset=2
+offset() {  # offset 2, and the first-module ablation at offset 2 (claim recall_first_module_offset2)
+    "${Q[@]}" --suite ablations --only nestar-offset2,nestar-offset2-first-small --train-seeds "$SEEDS" \
+        --num-eval 5000 --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
 }
 baselines() {
     "${Q[@]}" --suite models --only mar,arinar --num-eval 5000 --out docs/results/q13-baselines \
@@ -91,7 +87,7 @@ latent() {
 claims() {  # quality.json rebuilt from every cached headline entry first (arms may run one by one)
     local sweep=()
     [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
-    "${Q[@]}" --suite models,ablations --only nestar,raster,nextscale,nestar-moduleloss,nestar-first-small,nestar-offset2 \
+    "${Q[@]}" --suite models,ablations --only nestar,raster,nextscale,nestar-moduleloss,nestar-first-small,nestar-offset2,nestar-offset2-first-small \
         --train-seeds "$SEEDS" --num-eval 5000 "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" \
         --train.ckpt_every=100 --cached-only
     "${NESTAR[@]}" bench claims docs/results/q13/quality.json --out docs/results/claims.json

@@ -120,3 +120,13 @@ def test_claims_load_without_torch():
     # `nestar bench claims` is pure statistics over JSON: it must not pay for importing torch.
     code = "import sys, nestar.bench.claims; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_claim_compares_entries_the_quality_bench_runs():
+    # a misspelt arm would leave its claim "not measured" for ever instead of failing here
+    from nestar.bench.quality import ABLATION_ENTRIES, MODEL_ENTRIES
+
+    known = {e.name for e in MODEL_ENTRIES + ABLATION_ENTRIES}
+    for c in CLAIMS:
+        assert {c.a, c.b} <= known, c.id
+        assert c.rule in ("le", "gt2se", "gt2se_matched", "ci"), c.id

@@ -114,6 +114,14 @@ ABLATION_ENTRIES = [
         "first module: depth 4 vs 1 vs 8",
     ),
     Entry(
+        # the first-module ablation where module 1's cells carry the object (order_offset=2): at
+        # offset 0 three of its four cells are mostly background, so depth 1 may have nothing to lose
+        "nestar-offset2-first-small",
+        "nestar-fmnist",
+        ("model.order_offset=2", "model.module_depths=(1,4,4)"),
+        "first module at lattice offset 2: depth 4 vs 1",
+    ),
+    Entry(
         "nestar-first-large",
         "nestar-fmnist",
         ("model.module_depths=(8,4,4)",),
