@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 MIN_N, MIN_SEEDS = 5000, 3
+RULES = ("le", "gt2se", "gt2se_matched", "ci")
 
 
 def mean_std(xs: list[float]) -> tuple[Optional[float], Optional[float]]:
@@ -44,6 +45,11 @@ class Claim:
     b: str
     metric: str
     rule: str
+
+    def __post_init__(self) -> None:
+        # evaluate_claim reads any rule it does not know as 'ci': a typo must not pass silently
+        if self.rule not in RULES:
+            raise ValueError(f"claim {self.id!r}: unknown rule {self.rule!r}; choose from {RULES}")
 
 
 CLAIMS = (
@@ -295,6 +301,7 @@ def evaluate_files(paths: list[str | Path]) -> dict:
 
 __all__ = [
     "CLAIMS",
+    "RULES",
     "Claim",
     "dominance",
     "evaluate_claim",
