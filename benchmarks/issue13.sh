@@ -7,16 +7,16 @@
 #
 # Usage:  bash benchmarks/issue13.sh [STAGE ...]     (default: all stages, in this order)
 #   headline  nestar, raster AR, next-scale: N = 5,000, training seeds 0-2, guidance sweep 1-3
-#   firstmod  the first-module ablation (module_depths 1,4,4): seeds 0-2, N = 5,000; and the
-#             default NestAR's seed 0 trained in fp32 (docs/results/q13-fp32), the precision control
-#             for the headline NestAR seeds, which trained in bf16
-#   offset    the lattice offset 2 (module 1 at the quadrant centres; screening round 3's best
-#             option) at full size: seeds 0-2, N = 5,000; and the first-module ablation at
-#             offset 2 (nestar-offset2-first-small, same seeds and N)
+#   offset    the default before lattice offset 2 won (nestar-offset0: module 1 at the top-left
+#             corners): seeds 0-2, N = 5,000, the same guidance sweep; per-module loss means at
+#             offset 0 (nestar-moduleloss, seed 0)
+#   firstmod  the first-module ablation (module_depths 1,4,4) at offsets 2 and 0: seeds 0-2,
+#             N = 5,000; and nestar-offset0's seed 0 trained in fp32 (docs/results/q13-fp32), the
+#             precision control for its other seeds, which trained in bf16
 #   baselines MAR and ARINAR, one seed, N = 5,000
-#   screen    the NestAR options at the demo size against today's defaults (one seed, N = 1,000;
-#             a first look only; screen13/round3/, the folders beside it hold earlier rounds that
-#             ran against older defaults)
+#   screen    the NestAR options at the demo size against the defaults of round 3 (lattice
+#             offset 0, pinned here), one seed, N = 1,000: a first look only (screen13/round3/; the
+#             folders beside it hold earlier rounds that ran against older defaults)
 #   curve     nestar and raster AR at 1,600 and 3,200 steps (seed 0, N = 5,000)
 #   latent    the headline arms on 8x8x4 latents of the project's own KL VAE (trained first)
 #   claims    docs/results/q13/quality.json rebuilt from the cache (whatever has finished), then
@@ -46,30 +46,36 @@ headline() {
     "${Q[@]}" --suite models --only nestar,raster,nextscale --train-seeds "$SEEDS" --num-eval 5000 \
         "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
 }
-firstmod() {
-    "${Q[@]}" --suite ablations --only nestar-first-small --train-seeds "$SEEDS" --num-eval 5000 \
-        --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
-    "${Q[@]}" --suite models --only nestar --num-eval 5000 --out docs/results/q13-fp32 \
-        --runs-dir "$RUNS/q13-fp32" --train.ckpt_every=100 --train.precision=fp32
+offset() {  # the offset-0 reference (claims fid_lattice_offset, recall_offset0_vs_nextscale)
+    local sweep=()
+    [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
+    "${Q[@]}" --suite ablations --only nestar-offset0 --train-seeds "$SEEDS" --num-eval 5000 \
+        "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
+    "${Q[@]}" --suite ablations --only nestar-moduleloss --num-eval 5000 --out docs/results/q13 \
+        --runs-dir "$RUNS/q13" --train.ckpt_every=100
 }
-offset() {  # offset 2, and the first-module ablation at offset 2 (claim recall_first_module_offset2)
-    "${Q[@]}" --suite ablations --only nestar-offset2,nestar-offset2-first-small --train-seeds "$SEEDS" \
+firstmod() {  # claims recall_first_module (offset 2) and recall_first_module_offset0
+    "${Q[@]}" --suite ablations --only nestar-first-small,nestar-offset0-first-small --train-seeds "$SEEDS" \
         --num-eval 5000 --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
+    "${Q[@]}" --suite ablations --only nestar-offset0 --num-eval 5000 --out docs/results/q13-fp32 \
+        --runs-dir "$RUNS/q13-fp32" --train.ckpt_every=100 --train.precision=fp32
 }
 baselines() {
     "${Q[@]}" --suite models --only mar,arinar --num-eval 5000 --out docs/results/q13-baselines \
         --runs-dir "$RUNS/q13" --train.ckpt_every=100
 }
-screen() {
+screen() {  # round 3 changed one setting each of the defaults of its time: offset 0, pinned here
     local e
     for e in nestar-rollout nestar-moduleloss nestar-boundarynoise nestar-depths246 nestar-rasterinit \
-        nestar-offset2 nestar-nonbr; do
+        nestar-nonbr; do
         "${Q[@]}" --suite ablations --only "$e" --num-eval 1000 --out "docs/results/screen13/round3/$e" \
-            --runs-dir "$RUNS/screen13" "${SCREEN_SIZE[@]}"
+            --runs-dir "$RUNS/screen13" "${SCREEN_SIZE[@]}" --model.order_offset=0
     done
-    # the reference: today's default trained the same way
+    # the offset option (today's default) and the reference of that time, trained the same way
+    "${Q[@]}" --suite models --only nestar --num-eval 1000 --out docs/results/screen13/round3/nestar-offset2 \
+        --runs-dir "$RUNS/screen13-offset2" "${SCREEN_SIZE[@]}"
     "${Q[@]}" --suite models --only nestar --num-eval 1000 --out docs/results/screen13/round3/nestar \
-        --runs-dir "$RUNS/screen13" "${SCREEN_SIZE[@]}"
+        --runs-dir "$RUNS/screen13" "${SCREEN_SIZE[@]}" --model.order_offset=0
 }
 curve() {
     local steps
@@ -87,22 +93,22 @@ latent() {
 claims() {  # quality.json rebuilt from every cached headline entry first (arms may run one by one)
     local sweep=()
     [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
-    "${Q[@]}" --suite models,ablations --only nestar,raster,nextscale,nestar-moduleloss,nestar-first-small,nestar-offset2,nestar-offset2-first-small \
+    "${Q[@]}" --suite models,ablations --only nestar,raster,nextscale,nestar-offset0,nestar-moduleloss,nestar-first-small,nestar-offset0-first-small \
         --train-seeds "$SEEDS" --num-eval 5000 "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" \
         --train.ckpt_every=100 --cached-only
     "${NESTAR[@]}" bench claims docs/results/q13/quality.json --out docs/results/claims.json
 }
 
 stages=("$@")
-((${#stages[@]})) || stages=(headline firstmod offset baselines screen curve latent claims)
+((${#stages[@]})) || stages=(headline offset firstmod baselines screen curve latent claims)
 for s in "${stages[@]}"; do
     case $s in
-    headline | firstmod | offset | baselines | screen | curve | latent | claims)
+    headline | offset | firstmod | baselines | screen | curve | latent | claims)
         echo "== issue13: $s ($(date -u +%FT%TZ))"
         "$s"
         ;;
     *)
-        echo "unknown stage '$s' (headline firstmod offset baselines screen curve latent claims)" >&2
+        echo "unknown stage '$s' (headline offset firstmod baselines screen curve latent claims)" >&2
         exit 2
         ;;
     esac

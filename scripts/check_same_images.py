@@ -36,7 +36,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
                                         "model.sample_prefix_noise=0.2"]),
     "nestar-plain": ("nestar-tiny", ["model.neighbour_context=False", "model.order=zorder", "model.k=2",
                                      "model.embed_init=raster", "model.prefix_noise=0.2"]),
-    "nestar-offset": ("nestar-tiny", ["model.order_offset=2", "model.head.sampler=heun",
+    "nestar-offset": ("nestar-tiny", ["model.order_offset=0", "model.head.sampler=heun",
                                       "model.module_dims=(32, 48, 32)", "model.module_depths=(1, 2, 1)"]),
     "raster-heun": ("raster-tiny", ["model.head.sampler=heun", "model.num_cond_tokens=2"]),
     "nextscale-tokens": ("nextscale-tiny", ["model.cfg_progress=tokens", "model.upsample=bilinear",

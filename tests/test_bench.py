@@ -119,6 +119,14 @@ def test_bench_quality_quick_trains_evaluates_and_caches(tmp_path, capsys):
     res2 = json.loads((out / "quality.json").read_text())
     assert [r["metrics"]["fid"] for r in res2["rows"]] == [r["metrics"]["fid"] for r in res["rows"]]
 
+    # a narrower invocation into the same folder says which rows its report drops and how to rebuild
+    assert _run_cli(argv[:7] + ["nestar"] + argv[8:]) == 0
+    printed = capsys.readouterr().out
+    assert "no longer summarises nestar-zorder, raster" in printed
+    assert "--cached-only --only nestar,nestar-zorder,raster" in printed
+    assert _run_cli(argv + ["--cached-only"]) == 0
+    assert [r["name"] for r in json.loads((out / "quality.json").read_text())["rows"]] == list(by)
+
     with pytest.raises(ValueError, match="unknown entries"):
         _run_cli(argv[:7] + ["nosuch"] + argv[8:])
 
@@ -253,3 +261,15 @@ def test_bench_nfe_scores_each_solver_setting_caches_it_and_reports_the_whole_sw
     assert "| euler | data | 5 | 5 |" in (out / "nfe.md").read_text()
     assert _run_cli(base + ["--nfe", "3", "--solvers", "heun", "--grids", "uniform"]) == 0
     assert "heun-uniform-2: cached" in capsys.readouterr().out
+
+
+def test_report_names_the_entries_a_narrower_invocation_drops(tmp_path):
+    from nestar.bench.quality import entries_dropped
+
+    result = {"rows": [{"name": "real (train split)"}, {"name": "nestar", "train_seed": 0}]}
+    assert entries_dropped(result, tmp_path) == []  # no report yet
+    (tmp_path / "quality.json").write_text("{not json")
+    assert entries_dropped(result, tmp_path) == []
+    before = {"summary": {"real (train split)": {}, "nestar": {}, "raster": {}, "mar": {}}}
+    (tmp_path / "quality.json").write_text(json.dumps(before))
+    assert entries_dropped(result, tmp_path) == ["mar", "raster"]

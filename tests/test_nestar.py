@@ -109,9 +109,12 @@ def test_intermediates_one_per_module_and_last_is_the_sample():
     out = model.sample(torch.tensor([1]), generator=torch.Generator().manual_seed(0))
     assert len(out.intermediates) == model.num_modules
     torch.testing.assert_close(out.intermediates[-1], out.tokens)
-    # after module 1 the lattice preview is the 2x2 coarse grid expanded to 4x4 blocks
+    # after module 1 the lattice preview is the 2x2 coarse grid expanded to 4x4 blocks, which start
+    # at the default offset 2 (the quadrant centres) and wrap around the grid
+    assert model.order.offset == 2
     first = out.intermediates[0].reshape(8, 8, 4)
-    assert torch.equal(first[0, 0], first[3, 3]) and torch.equal(first[4, 4], first[7, 7])
+    assert torch.equal(first[2, 2], first[5, 5]) and torch.equal(first[6, 6], first[1, 1])
+    assert not torch.equal(first[1, 1], first[2, 2])
 
 
 def test_shared_trunk_and_per_module_sizes():
@@ -150,10 +153,10 @@ def test_neighbour_tables_hold_only_earlier_patches_and_cover_known_neighbours()
         assert (idx[known] < starts[:, None].expand_as(idx)[known]).all()
         if m > 1:  # every query of a later module has known neighbours on its lattice
             assert known.any(1).all()
-    # module 2's first token (0, 2) sees the anchors (0, 0) and (0, 4) at stride 2
+    # at the default offset 2, module 2's first token (2, 4) sees the anchors (2, 2) and (2, 6)
     idx, known = model.neighbour_table(2)
     first = {int(model.order.perm[i]) for i in idx[0][known[0]]}
-    assert int(model.order.perm[4]) == 2 and first == {0, 4}
+    assert int(model.order.perm[4]) == 2 * 8 + 4 and first == {2 * 8 + 2, 2 * 8 + 6}
 
 
 def test_token_loss_weighting_is_the_token_weighted_mean_of_the_module_losses():

@@ -83,12 +83,13 @@ def test_classifier_key_ignores_precision_and_default_classifier_ships():
 
 
 def test_legacy_nestar_configs_keep_the_defaults_they_were_trained_with():
-    """A NestAR config written before `neighbour_context` / `loss_weighting` existed reads as trained
-    then (no neighbour context, per-module loss means), whatever today's defaults are."""
+    """A NestAR config written before `neighbour_context` / `loss_weighting` / `order_offset` existed
+    reads as trained then (no neighbour context, per-module loss means, lattice offset 0), whatever
+    today's defaults are."""
     d = to_dict(get_preset("nestar-tiny"))
-    assert d["model"]["neighbour_context"] is True
-    del d["model"]["neighbour_context"], d["model"]["loss_weighting"]
+    assert d["model"]["neighbour_context"] is True and d["model"]["order_offset"] == 2
+    del d["model"]["neighbour_context"], d["model"]["loss_weighting"], d["model"]["order_offset"]
     old = load_run_config(d).model
-    assert (old.neighbour_context, old.loss_weighting) == (False, "module")
+    assert (old.neighbour_context, old.loss_weighting, old.order_offset) == (False, "module", 0)
     d["model"]["loss_weighting"] = "token"  # a value that was written is kept
     assert load_run_config(d).model.loss_weighting == "token"

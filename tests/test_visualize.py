@@ -13,8 +13,9 @@ from nestar.visualize import coarse_preview, coarse_to_fine_strip
 
 
 def stages(order: str, images: torch.Tensor):
-    """(token-space previews decoded, known masks) after each module, as NestAR.sample reports them."""
-    cfg = apply_overrides(get_preset("nestar-tiny"), [f"model.order={order}"])
+    """(token-space previews decoded, known masks) after each module, as NestAR.sample reports them.
+    Lattice offset 0, so module 1 starts at the top-left corner (the geometry the tests below use)."""
+    cfg = apply_overrides(get_preset("nestar-tiny"), [f"model.order={order}", "model.order_offset=0"])
     model, tok = build_model(cfg), build_tokenizer(cfg.tokenizer, 32, 1)
     tokens, g = tok.encode(images), cfg.model.grid_size
     inter, known = [], []

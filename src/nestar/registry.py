@@ -237,11 +237,11 @@ class RunConfig:
 
 def upgrade_legacy(data: dict) -> dict:
     """Read older configs: `train.bf16` true/false -> `train.precision` 'bf16'/'fp32'; a NestAR model
-    section without `neighbour_context` or `loss_weighting` was trained with the defaults of its
-    time (no neighbour context; per-module loss means)."""
+    section without `neighbour_context`, `loss_weighting` or `order_offset` was trained with the
+    defaults of its time (no neighbour context; per-module loss means; lattice offset 0)."""
     model = data.get("model")
     if data.get("model_type") == "nestar" and isinstance(model, dict):
-        legacy = {"neighbour_context": False, "loss_weighting": "module"}
+        legacy = {"neighbour_context": False, "loss_weighting": "module", "order_offset": 0}
         data["model"] = {**{k: v for k, v in legacy.items() if k not in model}, **model}
     train = data.get("train")
     if isinstance(train, dict) and "bf16" in train:
@@ -446,6 +446,7 @@ def _nestar_s() -> RunConfig:
         model=NestARConfig(
             k=4,
             order="lattice",
+            order_offset=4,  # module 1 at the quadrant centres of a 16x16 grid
             dim=256,
             depth=6,
             z_dim=256,
@@ -644,6 +645,7 @@ def _imagenet(
         model=NestARConfig(
             k=4,
             order="lattice",
+            order_offset=4,  # module 1 at the quadrant centres of the 16x16 latent grid
             dim=dim,
             depth=depth,
             z_dim=dim,

@@ -346,6 +346,7 @@ def run_quality(args: argparse.Namespace) -> int:
     from nestar.bench.quality import (
         QualityOptions,
         markdown_report,
+        entries_dropped,
         run_quality as run_bench,
         write_report,
     )
@@ -366,9 +367,19 @@ def run_quality(args: argparse.Namespace) -> int:
         cached_only=args.cached_only,
     )
     result = run_bench(opts)
+    dropped = entries_dropped(result, args.out)
     paths = write_report(result, args.out)
     print(markdown_report(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if dropped:  # the report holds this invocation only: say so rather than lose rows silently
+        ran = [r["name"] for r in result["rows"] if "train_seed" in r]  # not the floor rows
+        names = ",".join(dict.fromkeys([*ran, *dropped]))
+        print(
+            f"note: {args.out}/quality.json no longer summarises {', '.join(dropped)} (their cached "
+            f"entries are kept in {args.out}/entries/); to rebuild one report with all of them: "
+            f"nestar bench quality --cached-only --only {names} --out {args.out} "
+            "plus this invocation's other options"
+        )
     return 0
 
 

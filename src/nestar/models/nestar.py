@@ -53,8 +53,10 @@ class NestARConfig(TokenModelConfig):
     neighbours (static tables from the order; nothing from its own or a later patch); off = queries
     carry only position, as in the paper. `loss_weighting`: 'token' (default) weighs every token
     equally; 'module' sums the per-module mean losses (the paper's reading; times `module_loss_weights`).
-    `order_offset`: cyclic shift of the order (lattice, 8x8, k=4: 2 puts module 1 at the quadrant
-    centres). `embed_init`: 'default' (PyTorch's) or 'raster' (truncated normal 0.02, as raster AR).
+    `order_offset`: cyclic shift of the order; default 2 puts module 1 at the quadrant centres of an
+    8x8 grid with k=4 (0 = the top-left corners, background on centred data; on other grids the
+    centres sit at half module 1's spacing, e.g. 4 on 16x16). `embed_init`: 'default' (PyTorch's)
+    or 'raster' (truncated normal 0.02, as raster AR).
     `rollout_prob`: the rollout objective; for that fraction of the training samples, module m+1
     conditions on the prefix as the model itself draws it (module m's tokens sampled by the head with
     `rollout_steps` head steps from the teacher-forced conditions, no guidance, no gradient) while its
@@ -80,7 +82,7 @@ class NestARConfig(TokenModelConfig):
     sample_prefix_noise: float = 0.0
     neighbour_context: bool = True
     loss_weighting: str = "token"
-    order_offset: int = 0
+    order_offset: int = 2
     embed_init: str = "default"
     module_loss_weights: Optional[tuple[float, ...]] = None
     rollout_prob: float = 0.0
