@@ -3,7 +3,10 @@
 Each claim compares two arms (entry names of `nestar bench quality`) on one metric, from the mean ±
 std over training seeds in quality.json's `summary`. A claim is only decided with the evidence the
 project's protocol asks for (N >= 5,000 samples and >= 3 seeds per arm); otherwise `holds` is None
-and `why` says what is missing. The difference's standard error is sqrt(sa^2/na + sb^2/nb).
+and `why` says what is missing. The difference's standard error is sqrt(sa^2/na + sb^2/nb), each
+arm's std s floored at the metric's measured sampling std (`SAMPLING_STD`): a spread over 3 seeds
+below the noise of one draw is luck, not precision. `standard_error_seeds_only` keeps the unfloored
+figure beside it.
 
 Matched-precision claims read each seed's metric at one precision from its guidance sweep
 (`matched_at_precision`); when no precision is reached by every swept seed of both arms they fall
@@ -20,6 +23,18 @@ from typing import Optional
 
 MIN_N, MIN_SEEDS = 5000, 3
 RULES = ("le", "gt2se", "gt2se_matched", "ci")
+# Std of a metric between sample draws of ONE trained model at N = 5,000 (benchmarks/sampling_noise.py,
+# docs/results/noise13/noise.json: the shipped nestar-fmnist, 9 draws). Every arm's value per seed is
+# one draw, so its spread over seeds cannot be below this; with 3 seeds the observed std can be, by
+# chance, and would then overstate a difference. Each arm's std is floored at it (scaled by
+# sqrt(5000 / N)) before the standard error is formed.
+SAMPLING_STD = {"fid": 0.04, "precision": 0.003, "recall": 0.011}
+
+
+def sampling_std(metric: str, n: Optional[int]) -> float:
+    """The floor for one arm's std: SAMPLING_STD at N = 5,000, scaled to N (0 for other metrics)."""
+    base = SAMPLING_STD.get(metric, 0.0)
+    return base * math.sqrt(MIN_N / n) if base and n else base
 
 
 def mean_std(xs: list[float]) -> tuple[Optional[float], Optional[float]]:
@@ -229,6 +244,16 @@ def _sweep_arm(summary: dict, name: str, vals: list[float]) -> dict:
     }
 
 
+def _standard_error(a: dict, b: dict, metric: Optional[str]) -> Optional[float]:
+    """sqrt(sa^2/na + sb^2/nb), each std floored at the metric's sampling std (None: no floor)."""
+    if a["std"] is None or b["std"] is None:
+        return None
+    floor = (lambda x: sampling_std(metric, x["N"])) if metric else (lambda x: 0.0)
+    return math.sqrt(
+        sum(max(x["std"], floor(x)) ** 2 / len(x["values"]) for x in (a, b))
+    )
+
+
 def evaluate_claim(claim: Claim, summary: dict) -> dict:
     """The claim's arms, difference, standard error, and whether it holds (None: not enough evidence)."""
     a, b = _arm(summary, claim.a, claim.metric), _arm(summary, claim.b, claim.metric)
@@ -255,15 +280,12 @@ def evaluate_claim(claim: Claim, summary: dict) -> dict:
         out["why"] = f"arm {claim.a if a is None else claim.b!r} not measured"
         return out
     diff = a["mean"] - b["mean"]
-    se = (
-        math.sqrt(a["std"] ** 2 / len(a["values"]) + b["std"] ** 2 / len(b["values"]))
-        if a["std"] is not None and b["std"] is not None
-        else None
-    )
+    se = _standard_error(a, b, claim.metric)
     out.update(
         difference=diff,
         standard_error=se,
         ci95=[diff - 1.96 * se, diff + 1.96 * se] if se is not None else None,
+        standard_error_seeds_only=_standard_error(a, b, None),
     )
     short = [x["name"] for x in (a, b) if len(x["values"]) < MIN_SEEDS or (x["N"] or 0) < MIN_N]
     if short:
@@ -302,9 +324,11 @@ def evaluate_files(paths: list[str | Path]) -> dict:
 __all__ = [
     "CLAIMS",
     "RULES",
+    "SAMPLING_STD",
     "Claim",
     "dominance",
     "evaluate_claim",
     "evaluate_files",
     "matched_at_precision",
+    "sampling_std",
 ]
