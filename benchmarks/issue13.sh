@@ -18,6 +18,8 @@
 #             offset 0, pinned here), one seed, N = 1,000: a first look only (screen13/round3/; the
 #             folders beside it hold earlier rounds that ran against older defaults)
 #   curve     nestar and raster AR at 1,600 and 3,200 steps (seed 0, N = 5,000)
+#   noise     sampling noise at N = 5,000: the shipped nestar-fmnist sampled with 8 seeds
+#             (docs/results/noise13; the source of SAMPLING_STD in nestar/bench/claims.py)
 #   latent    the headline arms on 8x8x4 latents of the project's own KL VAE (trained first)
 #   claims    docs/results/q13/quality.json rebuilt from the cache (whatever has finished), then
 #             docs/results/claims.json from it
@@ -84,6 +86,14 @@ curve() {
             --runs-dir "$RUNS/curve13-$steps" --train.steps="$steps" --train.ckpt_every=200
     done
 }
+noise() {
+    local s out=docs/results/noise13
+    for s in 0 1 2 3 4 5 6 7; do
+        [[ -f $out/seed$s.json ]] || "${NESTAR[@]}" eval --checkpoint src/nestar/assets/pretrained/nestar-fmnist \
+            --num-samples 5000 --seed "$s" --quiet --out "$out/seed$s.json"
+    done
+    python3 benchmarks/sampling_noise.py "$out"/seed*.json --out "$out/noise.json"  # stdlib only
+}
 latent() {
     local vae="$RUNS/vae-fmnist"
     [[ -f $vae/config.json ]] || "${NESTAR[@]}" train-tokenizer --data.name=fashion_mnist --out "$vae"
@@ -100,15 +110,15 @@ claims() {  # quality.json rebuilt from every cached headline entry first (arms 
 }
 
 stages=("$@")
-((${#stages[@]})) || stages=(headline offset firstmod baselines screen curve latent claims)
+((${#stages[@]})) || stages=(headline offset firstmod baselines screen curve noise latent claims)
 for s in "${stages[@]}"; do
     case $s in
-    headline | offset | firstmod | baselines | screen | curve | latent | claims)
+    headline | offset | firstmod | baselines | screen | curve | noise | latent | claims)
         echo "== issue13: $s ($(date -u +%FT%TZ))"
         "$s"
         ;;
     *)
-        echo "unknown stage '$s' (headline offset firstmod baselines screen curve latent claims)" >&2
+        echo "unknown stage '$s' (headline offset firstmod baselines screen curve noise latent claims)" >&2
         exit 2
         ;;
     esac

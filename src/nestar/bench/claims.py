@@ -249,9 +249,7 @@ def _standard_error(a: dict, b: dict, metric: Optional[str]) -> Optional[float]:
     if a["std"] is None or b["std"] is None:
         return None
     floor = (lambda x: sampling_std(metric, x["N"])) if metric else (lambda x: 0.0)
-    return math.sqrt(
-        sum(max(x["std"], floor(x)) ** 2 / len(x["values"]) for x in (a, b))
-    )
+    return math.sqrt(sum(max(x["std"], floor(x)) ** 2 / len(x["values"]) for x in (a, b)))
 
 
 def evaluate_claim(claim: Claim, summary: dict) -> dict:
