@@ -248,8 +248,8 @@ def _standard_error(a: dict, b: dict, metric: Optional[str]) -> Optional[float]:
     """sqrt(sa^2/na + sb^2/nb), each std floored at the metric's sampling std (None: no floor)."""
     if a["std"] is None or b["std"] is None:
         return None
-    floor = (lambda x: sampling_std(metric, x["N"])) if metric else (lambda x: 0.0)
-    return math.sqrt(sum(max(x["std"], floor(x)) ** 2 / len(x["values"]) for x in (a, b)))
+    floors = [sampling_std(metric, x["N"]) if metric else 0.0 for x in (a, b)]
+    return math.sqrt(sum(max(x["std"], f) ** 2 / len(x["values"]) for x, f in zip((a, b), floors)))
 
 
 def evaluate_claim(claim: Claim, summary: dict) -> dict:
