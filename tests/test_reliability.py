@@ -327,6 +327,17 @@ TRAIN_CASES = [
 ]
 
 
+def test_config_file_without_new_nestar_fields_says_what_they_read_as(tmp_path, capsys):
+    """A hand-written NestAR config that leaves out a field added later gets the value older runs
+    were trained with (so old run configs keep loading): the CLI says so instead of staying silent."""
+    drop = lambda c: {**c, "model": {k: v for k, v in c["model"].items() if k != "order_offset"}}
+    path = _config_file(tmp_path, drop)
+    rc, err = run_main(capsys, "train", "--config", path, "--keys")
+    assert rc == 0 and "model.order_offset=0" in err and "neighbour_context" not in err, err
+    rc, err = run_main(capsys, "train", "--config", _config_file(tmp_path, lambda c: c), "--keys")
+    assert rc == 0 and "leaves out" not in err, err
+
+
 @pytest.mark.parametrize("case", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
 def test_bad_train_inputs_fail_in_one_line(tmp_path, capsys, case):
     name, build, needle = case

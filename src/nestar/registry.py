@@ -235,14 +235,19 @@ class RunConfig:
         return cfg
 
 
+# NestAR fields added after the first checkpoints, with the value those checkpoints were trained
+# with; a config without them reads as trained then, whatever today's default is.
+NESTAR_LEGACY_DEFAULTS = {"neighbour_context": False, "loss_weighting": "module", "order_offset": 0}
+
+
 def upgrade_legacy(data: dict) -> dict:
     """Read older configs: `train.bf16` true/false -> `train.precision` 'bf16'/'fp32'; a NestAR model
     section without `neighbour_context`, `loss_weighting` or `order_offset` was trained with the
     defaults of its time (no neighbour context; per-module loss means; lattice offset 0)."""
     model = data.get("model")
-    if data.get("model_type") == "nestar" and isinstance(model, dict):
-        legacy = {"neighbour_context": False, "loss_weighting": "module", "order_offset": 0}
-        data["model"] = {**{k: v for k, v in legacy.items() if k not in model}, **model}
+    if data.get("model_type", "nestar") == "nestar" and isinstance(model, dict):
+        legacy = {k: v for k, v in NESTAR_LEGACY_DEFAULTS.items() if k not in model}
+        data["model"] = {**legacy, **model}
     train = data.get("train")
     if isinstance(train, dict) and "bf16" in train:
         train = dict(train)

@@ -85,8 +85,29 @@ def load_config(args: argparse.Namespace):
                 f'config file {args.config}: the "model" section is missing or not an object; '
                 f"start from a run's config.json or `nestar presets --show NAME`"
             )
+        _note_legacy_fields(args.config, data)
         return load_run_config(data, args.overrides)
     return resolve(apply_overrides(get_preset(args.preset), args.overrides))
+
+
+def _note_legacy_fields(path: str | Path, data: dict) -> None:
+    """Say which NestAR fields a config file leaves out and the old value they read as: right for a
+    run's config.json from before the field existed, surprising in a hand-written file."""
+    import sys
+
+    from nestar.registry import NESTAR_LEGACY_DEFAULTS
+
+    if data.get("model_type", "nestar") != "nestar":
+        return
+    missing = {k: v for k, v in NESTAR_LEGACY_DEFAULTS.items() if k not in data["model"]}
+    if missing:
+        read_as = ", ".join(f"model.{k}={v!r}" for k, v in missing.items())
+        print(
+            f"nestar: config file {path} leaves out NestAR fields added later; they read as the "
+            f"values older runs were trained with: {read_as} (set them in the file or with "
+            f"--model.KEY=VALUE for today's defaults)",
+            file=sys.stderr,
+        )
 
 
 def positive_int(text: str) -> int:
