@@ -17,12 +17,14 @@
 #   screen    the NestAR options at the demo size against the defaults of round 3 (lattice
 #             offset 0, pinned here), one seed, N = 1,000: a first look only (screen13/round3/; the
 #             folders beside it hold earlier rounds that ran against older defaults)
-#   curve     nestar and raster AR at 1,600 and 3,200 steps (seed 0, N = 5,000)
+#   curve     nestar and raster AR at 1,600 and 3,200 steps (seeds $SEEDS, N = 5,000); the
+#             800-step point is the headline
 #   noise     sampling noise at N = 5,000: the shipped nestar-fmnist sampled with 8 seeds
 #             (docs/results/noise13; the source of SAMPLING_STD in nestar/bench/claims.py)
 #   latent    the headline arms on 8x8x4 latents of the project's own KL VAE (trained first)
 #   claims    docs/results/q13/quality.json rebuilt from the cache (whatever has finished), then
-#             docs/results/claims.json from it
+#             docs/results/claims.json from it; the same for each learning-curve point
+#             (curve13/STEPS/quality.json -> claims-STEPS.json: the NestAR vs raster AR claims)
 # Environment: RUNS (run directories, default runs/issue13), NESTAR (the command, default
 # `python -m nestar.cli.main` from this checkout), SEEDS (default 0,1,2), SWEEP (guidance scales of
 # the headline's sweep, default 1,1.5,2,3; SWEEP= skips it, e.g. to rebuild quality.json from the
@@ -82,8 +84,9 @@ screen() {  # round 3 changed one setting each of the defaults of its time: offs
 curve() {
     local steps
     for steps in 1600 3200; do
-        "${Q[@]}" --suite models --only nestar,raster --num-eval 5000 --out "docs/results/curve13/$steps" \
-            --runs-dir "$RUNS/curve13-$steps" --train.steps="$steps" --train.ckpt_every=200
+        "${Q[@]}" --suite models --only nestar,raster --train-seeds "$SEEDS" --num-eval 5000 \
+            --out "docs/results/curve13/$steps" --runs-dir "$RUNS/curve13-$steps" \
+            --train.steps="$steps" --train.ckpt_every=200
     done
 }
 noise() {
@@ -107,6 +110,15 @@ claims() {  # quality.json rebuilt from every cached headline entry first (arms 
         --train-seeds "$SEEDS" --num-eval 5000 "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" \
         --train.ckpt_every=100 --cached-only
     "${NESTAR[@]}" bench claims docs/results/q13/quality.json --out docs/results/claims.json
+    local steps
+    for steps in 1600 3200; do
+        [[ -d docs/results/curve13/$steps/entries ]] || continue  # that point not started yet
+        "${Q[@]}" --suite models --only nestar,raster --train-seeds "$SEEDS" --num-eval 5000 \
+            --out "docs/results/curve13/$steps" --runs-dir "$RUNS/curve13-$steps" \
+            --train.steps="$steps" --train.ckpt_every=200 --cached-only
+        "${NESTAR[@]}" bench claims "docs/results/curve13/$steps/quality.json" \
+            --only fid_nestar_vs_raster,seam_nestar_vs_raster --out "docs/results/claims-$steps.json"
+    done
 }
 
 stages=("$@")

@@ -58,6 +58,10 @@ def test_too_few_seeds_or_samples_leave_the_claim_undecided(tmp_path):
     assert fid["holds"] is None and "nestar" in fid["why"] and "raster" in fid["why"]
     mar = next(c for c in report["claims"] if c["id"] == "fid_nestar_vs_mar")
     assert mar["holds"] is None and "not measured" in mar["why"]
+    only = evaluate_files([p], only=["fid_nestar_vs_raster"])["claims"]
+    assert [c["id"] for c in only] == ["fid_nestar_vs_raster"] and only[0] == fid
+    with pytest.raises(ValueError, match="unknown claim id.*fid_nestar_vs_raster"):
+        evaluate_files([p], only=["fid_nestar_vs_rastr"])
     (tmp_path / "old.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="summary"):
         evaluate_files([tmp_path / "old.json"])

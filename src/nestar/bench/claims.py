@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from nestar.errors import ConfigError
+
 MIN_N, MIN_SEEDS = 5000, 3
 RULES = ("le", "gt2se", "gt2se_matched", "ci")
 # Std of a metric between sample draws of ONE trained model at N = 5,000 (benchmarks/sampling_noise.py,
@@ -300,13 +302,18 @@ def evaluate_claim(claim: Claim, summary: dict) -> dict:
     return out
 
 
-def evaluate_files(paths: list[str | Path]) -> dict:
-    """Merge the summaries of several quality.json files (later files win per arm) and check every claim."""
+def evaluate_files(paths: list[str | Path], only: Optional[list[str]] = None) -> dict:
+    """Merge the summaries of several quality.json files (later files win per arm) and check every
+    claim, or the claims whose ids are in `only` (an unknown id is a ConfigError naming the known)."""
+    known = [c.id for c in CLAIMS]
+    unknown = [i for i in only or () if i not in known]
+    if unknown:
+        raise ConfigError(f"unknown claim id(s) {', '.join(unknown)}; known: {', '.join(known)}")
     summary: dict = {}
     for p in paths:
         data = json.loads(Path(p).read_text())
         if "summary" not in data:
-            raise ValueError(
+            raise ConfigError(
                 f"{p}: no 'summary' (written by `nestar bench quality` since --train-seeds); re-run "
                 "the bench to refresh it (finished entries come from the cache)"
             )
@@ -315,7 +322,7 @@ def evaluate_files(paths: list[str | Path]) -> dict:
         "sources": [str(p) for p in paths],
         "min_N": MIN_N,
         "min_seeds": MIN_SEEDS,
-        "claims": [evaluate_claim(c, summary) for c in CLAIMS],
+        "claims": [evaluate_claim(c, summary) for c in CLAIMS if not only or c.id in only],
     }
 
 

@@ -250,6 +250,13 @@ def _add_claims(bsub) -> None:
         "results", nargs="+", help="quality.json files written by `nestar bench quality`"
     )
     c.add_argument("--out", default="docs/results/claims.json", help="where to write the report")
+    c.add_argument(
+        "--only",
+        type=lambda text: [i for i in text.split(",") if i],
+        default=None,
+        metavar="ID[,ID...]",
+        help="check only these claims (e.g. the arms a learning-curve folder holds)",
+    )
     c.set_defaults(func=run_claims)
 
 
@@ -387,7 +394,7 @@ def run_claims(args: argparse.Namespace) -> int:
     from nestar.bench.claims import evaluate_files
     from nestar.config import save_json
 
-    report = evaluate_files(args.results)
+    report = evaluate_files(args.results, only=args.only)
     save_json(report, args.out)
     for c in report["claims"]:
         verdict = {True: "holds", False: "does not hold", None: "undecided"}[c["holds"]]
