@@ -252,12 +252,22 @@ def _add_claims(bsub) -> None:
     c.add_argument("--out", default="docs/results/claims.json", help="where to write the report")
     c.add_argument(
         "--only",
-        type=lambda text: [i for i in text.split(",") if i],
+        type=_claim_ids,
         default=None,
         metavar="ID[,ID...]",
-        help="check only these claims (e.g. the arms a learning-curve folder holds)",
+        help="check only these claims (e.g. those whose arms a learning-curve folder holds)",
     )
     c.set_defaults(func=run_claims)
+
+
+def _claim_ids(text: str) -> list[str]:
+    """argparse type of `bench claims --only`: a non-empty comma-separated list of claim ids."""
+    ids = [i.strip() for i in text.split(",") if i.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError(
+            "expected one or more claim ids, e.g. fid_nestar_vs_raster"
+        )
+    return ids
 
 
 def _add_nfe(bsub) -> None:
