@@ -49,7 +49,7 @@ def test_a_seed_spread_below_the_sampling_noise_is_not_taken_at_face_value():
     assert sampling_std("class_agreement", 5000) == 0.0  # not measured: no floor
 
 
-def test_too_few_seeds_or_samples_leave_the_claim_undecided(tmp_path):
+def test_too_few_seeds_or_samples_leave_the_claim_undecided(tmp_path, capsys):
     rows = _rows("nestar", [5.0, 5.2], [0.5, 0.5]) + _rows("raster", [6.0, 6.1, 6.2], [0.5] * 3, n=500)
     p = tmp_path / "quality.json"
     p.write_text(json.dumps({"summary": summarize(rows)}))
@@ -62,6 +62,10 @@ def test_too_few_seeds_or_samples_leave_the_claim_undecided(tmp_path):
     assert [c["id"] for c in only] == ["fid_nestar_vs_raster"] and only[0] == fid
     with pytest.raises(ValueError, match="unknown claim id.*fid_nestar_vs_raster"):
         evaluate_files([p], only=["fid_nestar_vs_rastr"])
+    from nestar.cli.main import main
+
+    assert main(["bench", "claims", str(p), "--only", "fid_nestar_vs_rastr", "--out", str(tmp_path / "c.json")]) == 2
+    assert "nestar bench claims: error: unknown claim id" in capsys.readouterr().err  # names the subcommand
     (tmp_path / "old.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="summary"):
         evaluate_files([tmp_path / "old.json"])

@@ -115,17 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "takes_overrides", False):
         parser.error(f"`nestar {args.command}` takes no config overrides: {' '.join(extra)}")
     args.overrides = extra
+    # "bench claims", not "bench": a user-facing error names the command that was run
+    command = " ".join(filter(None, (args.command, getattr(args, "bench_command", None))))
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         if debug:
             raise
-        print(f"nestar {args.command}: error: {e}", file=sys.stderr)
+        print(f"nestar {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"nestar {args.command}: interrupted", file=sys.stderr)
+        print(f"nestar {command}: interrupted", file=sys.stderr)
         return 130
 
 
