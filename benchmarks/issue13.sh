@@ -81,13 +81,16 @@ screen() {  # round 3 changed one setting each of the defaults of its time: offs
     "${Q[@]}" --suite models --only nestar --num-eval 1000 --out docs/results/screen13/round3/nestar \
         --runs-dir "$RUNS/screen13" "${SCREEN_SIZE[@]}" --model.order_offset=0
 }
+curve_point() {  # STEPS [--cached-only]: one point of the learning curve
+    local steps=$1
+    shift
+    "${Q[@]}" --suite models --only nestar,raster --train-seeds "$SEEDS" --num-eval 5000 \
+        --out "docs/results/curve13/$steps" --runs-dir "$RUNS/curve13-$steps" \
+        --train.steps="$steps" --train.ckpt_every=200 "$@"
+}
 curve() {
-    local steps
-    for steps in 1600 3200; do
-        "${Q[@]}" --suite models --only nestar,raster --train-seeds "$SEEDS" --num-eval 5000 \
-            --out "docs/results/curve13/$steps" --runs-dir "$RUNS/curve13-$steps" \
-            --train.steps="$steps" --train.ckpt_every=200
-    done
+    curve_point 1600
+    curve_point 3200
 }
 noise() {
     local s out=docs/results/noise13
@@ -113,9 +116,7 @@ claims() {  # quality.json rebuilt from every cached headline entry first (arms 
     local steps
     for steps in 1600 3200; do
         [[ -d docs/results/curve13/$steps/entries ]] || continue  # that point not started yet
-        "${Q[@]}" --suite models --only nestar,raster --train-seeds "$SEEDS" --num-eval 5000 \
-            --out "docs/results/curve13/$steps" --runs-dir "$RUNS/curve13-$steps" \
-            --train.steps="$steps" --train.ckpt_every=200 --cached-only
+        curve_point "$steps" --cached-only
         "${NESTAR[@]}" bench claims "docs/results/curve13/$steps/quality.json" \
             --only fid_nestar_vs_raster,seam_nestar_vs_raster --out "docs/results/claims-$steps.json"
     done
