@@ -157,3 +157,44 @@ def test_every_claim_compares_entries_the_quality_bench_runs():
         assert {c.a, c.b} <= known, c.id
     with pytest.raises(ValueError, match="unknown rule 'gt3se'"):
         Claim("x", "typo", "nestar", "raster", "fid", "gt3se")
+
+
+def test_ad_hoc_comparisons_use_the_same_statistics_and_are_reported_apart(tmp_path, capsys):
+    """`--compare A,B,METRIC[,matched]`: the two-sided 'ci' rule, with the sampling floor, at matched
+    precision when asked; kept out of 'claims'; a typo in an arm, metric or spec is an error, and a
+    matched read that only dominance could make stays undecided (dominance is one-sided)."""
+    from nestar.bench.claims import comparison
+    from nestar.cli.main import main
+
+    nestar = [[(1.0, 0.80, 0.70), (3.0, 0.94, 0.50)]] * 3
+    raster = [[(1.0, 0.86, 0.66), (3.0, 0.98, 0.46)]] * 3  # p* = 0.90: 0.557 vs 0.593
+    p = tmp_path / "quality.json"
+    p.write_text(json.dumps({"summary": summarize(_swept("nestar", nestar) + _swept("raster", raster))}))
+    report = evaluate_files([p], only=["fid_nestar_vs_raster"],
+                            compare=(comparison("nestar,raster,recall,matched"), comparison("nestar, raster, fid")))
+    assert [c["id"] for c in report["claims"]] == ["fid_nestar_vs_raster"]
+    matched, fid = report["comparisons"]
+    assert matched["id"] == "nestar_vs_raster_recall_matched" and matched["rule"] == "ci_matched"
+    assert matched["matched_precision"] == pytest.approx(0.90)
+    assert matched["difference"] == pytest.approx((0.70 - 0.20 * 0.10 / 0.14) - (0.66 - 0.20 * 0.04 / 0.12))
+    # identical seeds: the spread is the sampling floor alone
+    assert matched["standard_error"] == pytest.approx((2 * 0.019**2 / 3) ** 0.5)
+    assert matched["holds"] is True  # -0.036 against 1.96 SE = 0.030: the interval excludes 0
+    assert fid["holds"] is False and fid["difference"] == 0
+    for bad, msg in (("nestar,raster", "expected A,B,METRIC"), ("nestar,raster,recall,match", "expected"),
+                     ("nestar,raster,fid,matched", "recall only")):
+        with pytest.raises(ValueError, match=msg):
+            comparison(bad)
+    with pytest.raises(ValueError, match="no arm 'rastr'.*nestar, raster"):
+        evaluate_files([p], compare=(comparison("nestar,rastr,recall"),))
+    with pytest.raises(ValueError, match="no metric 'recal'"):
+        evaluate_files([p], compare=(comparison("nestar,raster,recal"),))
+    apart = _swept("raster", [[(1.0, 0.70, 0.8), (3.0, 0.75, 0.7)]] * 3)  # below every nestar point
+    p.write_text(json.dumps({"summary": summarize(_swept("nestar", nestar) + apart)}))
+    far = evaluate_files([p], compare=(comparison("nestar,raster,recall,matched"),))["comparisons"][0]
+    assert far["holds"] is None and "no precision common" in far["why"]
+    out = tmp_path / "c.json"
+    assert main(["bench", "claims", str(p), "--only", "fid_nestar_vs_raster", "--compare",
+                 "nestar,raster,recall", "--out", str(out)]) == 0
+    assert "ad hoc nestar_vs_raster_recall: within the noise (a - b = +0.000, 95% interval" in capsys.readouterr().out
+    assert json.loads(out.read_text())["comparisons"][0]["rule"] == "ci"

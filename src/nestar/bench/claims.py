@@ -11,6 +11,10 @@ figure beside it.
 Matched-precision claims read each seed's metric at one precision from its guidance sweep
 (`matched_at_precision`); when no precision is reached by every swept seed of both arms they fall
 back to Pareto dominance (`dominance`), which needs no interpolation and no monotone curve.
+
+Ad-hoc comparisons (`comparison`, `bench claims --compare A,B,METRIC[,matched]`) use the same
+statistics with the two-sided 'ci' rule, and are reported apart from the claims: they were not
+fixed before the results were seen.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from typing import Optional
 from nestar.errors import ConfigError
 
 MIN_N, MIN_SEEDS = 5000, 3
-RULES = ("le", "gt2se", "gt2se_matched", "ci")
+RULES = ("le", "gt2se", "gt2se_matched", "ci", "ci_matched")
+# Metrics where higher is better: the only ones a matched-precision read may use (`dominance`).
+MATCHED_METRICS = ("recall",)
 # Std of a metric between sample draws of ONE trained model at N = 5,000 (benchmarks/sampling_noise.py,
 # docs/results/noise13/noise.json: the shipped nestar-fmnist, 8 draws: 0.052, 0.0060, 0.0187).
 # Every arm's value per seed is one draw, so its spread over seeds cannot be below this; with 3
@@ -53,8 +59,8 @@ def mean_std(xs: list[float]) -> tuple[Optional[float], Optional[float]]:
 class Claim:
     """`rule`: 'le' (a's mean no worse, i.e. <=, than b's), 'gt2se' (a above b by > 2 standard errors),
     'gt2se_matched' (the same, with the metric read at one precision shared by both arms from each
-    seed's guidance sweep: `matched_at_precision`), or 'ci' (report the difference a - b with its 95%
-    interval, whichever way it goes)."""
+    seed's guidance sweep: `matched_at_precision`), 'ci' (report the difference a - b with its 95%
+    interval, whichever way it goes) or 'ci_matched' ('ci' at matched precision)."""
 
     id: str
     text: str
@@ -258,8 +264,11 @@ def evaluate_claim(claim: Claim, summary: dict) -> dict:
     """The claim's arms, difference, standard error, and whether it holds (None: not enough evidence)."""
     a, b = _arm(summary, claim.a, claim.metric), _arm(summary, claim.b, claim.metric)
     matched = None
-    if claim.rule == "gt2se_matched":
+    if claim.rule in ("gt2se_matched", "ci_matched"):
         matched = matched_at_precision(summary, (claim.a, claim.b), claim.metric)
+        if claim.rule == "ci_matched" and matched.get("method") == "dominance":
+            # dominance favours b by construction: a one-sided test, no two-sided interval
+            matched = {"why": "no precision common to every swept seed of both arms"}
         a, b = matched.get(claim.a), matched.get(claim.b)
     out = {
         "id": claim.id,
@@ -302,9 +311,52 @@ def evaluate_claim(claim: Claim, summary: dict) -> dict:
     return out
 
 
-def evaluate_files(paths: list[str | Path], only: Optional[list[str]] = None) -> dict:
+def comparison(spec: str) -> Claim:
+    """An ad-hoc comparison from 'A,B,METRIC' or 'A,B,METRIC,matched' (METRIC read at matched
+    precision from the guidance sweeps): a - b with its 95% interval, the 'ci' rule."""
+    parts = [p.strip() for p in spec.split(",")]
+    matched = len(parts) == 4 and parts[3] == "matched"
+    if len(parts) not in (3, 4) or not all(parts) or (len(parts) == 4 and not matched):
+        raise ConfigError(f"--compare {spec!r}: expected A,B,METRIC or A,B,METRIC,matched")
+    a, b, metric = parts[:3]
+    if matched and metric not in MATCHED_METRICS:
+        raise ConfigError(
+            f"--compare {spec!r}: matched precision is read for {', '.join(MATCHED_METRICS)} only "
+            f"(higher is better), not for {metric!r}"
+        )
+    at = " at matched precision" if matched else ""
+    return Claim(
+        f"{a}_vs_{b}_{metric}{'_matched' if matched else ''}",
+        f"ad hoc: {metric} of {a} minus {b}{at}, 95% interval",
+        a,
+        b,
+        metric,
+        "ci_matched" if matched else "ci",
+    )
+
+
+def _check_names(claims: list[Claim], summary: dict) -> None:
+    """An ad-hoc comparison naming an arm or metric no quality.json holds is a typo, not 'not measured'."""
+    arms = sorted(k for k in summary)
+    metrics = sorted({m for e in summary.values() for m in e.get("mean", {})})
+    for c in claims:
+        for name in (c.a, c.b):
+            if name not in summary:
+                raise ConfigError(
+                    f"--compare: no arm {name!r} in the results; arms: {', '.join(arms)}"
+                )
+        if c.metric not in metrics:
+            raise ConfigError(
+                f"--compare: no metric {c.metric!r} in the results; metrics: {', '.join(metrics)}"
+            )
+
+
+def evaluate_files(
+    paths: list[str | Path], only: Optional[list[str]] = None, compare: tuple[Claim, ...] = ()
+) -> dict:
     """Merge the summaries of several quality.json files (later files win per arm) and check every
-    claim, or the claims whose ids are in `only` (an unknown id is a ConfigError naming the known)."""
+    claim, or the claims whose ids are in `only` (an unknown id is a ConfigError naming the known).
+    `compare` (from `comparison`) are evaluated into 'comparisons', apart from the claims."""
     known = [c.id for c in CLAIMS]
     unknown = [i for i in only or () if i not in known]
     if unknown:
@@ -318,12 +370,16 @@ def evaluate_files(paths: list[str | Path], only: Optional[list[str]] = None) ->
                 "the bench to refresh it (finished entries come from the cache)"
             )
         summary.update(data["summary"])
-    return {
+    _check_names(list(compare), summary)
+    report = {
         "sources": [str(p) for p in paths],
         "min_N": MIN_N,
         "min_seeds": MIN_SEEDS,
         "claims": [evaluate_claim(c, summary) for c in CLAIMS if not only or c.id in only],
     }
+    if compare:
+        report["comparisons"] = [evaluate_claim(c, summary) for c in compare]
+    return report
 
 
 __all__ = [
@@ -331,6 +387,7 @@ __all__ = [
     "RULES",
     "SAMPLING_STD",
     "Claim",
+    "comparison",
     "dominance",
     "evaluate_claim",
     "evaluate_files",

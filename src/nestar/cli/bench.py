@@ -257,7 +257,28 @@ def _add_claims(bsub) -> None:
         metavar="ID[,ID...]",
         help="check only these claims (e.g. those whose arms a learning-curve folder holds)",
     )
+    c.add_argument(
+        "--compare",
+        action="append",
+        type=_comparison,
+        default=[],
+        metavar="A,B,METRIC[,matched]",
+        help="also compare two arms on a metric with the same statistics (difference, standard "
+        "error with the sampling floor, 95%% interval), e.g. nestar,raster,recall,matched for recall "
+        "at matched precision over the guidance sweeps; reported apart from the claims as ad hoc "
+        "(repeatable)",
+    )
     c.set_defaults(func=run_claims)
+
+
+def _comparison(text: str):
+    """argparse type of `bench claims --compare`."""
+    from nestar.bench.claims import comparison
+
+    try:
+        return comparison(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _claim_ids(text: str) -> list[str]:
@@ -404,20 +425,30 @@ def run_claims(args: argparse.Namespace) -> int:
     from nestar.bench.claims import evaluate_files
     from nestar.config import save_json
 
-    report = evaluate_files(args.results, only=args.only)
+    report = evaluate_files(args.results, only=args.only, compare=tuple(args.compare))
     save_json(report, args.out)
     for c in report["claims"]:
-        verdict = {True: "holds", False: "does not hold", None: "undecided"}[c["holds"]]
-        diff = f"{c['difference']:+.3f}" if c.get("difference") is not None else "-"
-        at = (
-            f", {c['matched_by']} at precision {c['matched_precision']:.3f}"
-            if c.get("matched_by")
-            else ""
-        )
-        why = "; " + c["why"] if c.get("why") else ""
-        print(f"{c['id']}: {verdict} (a - b = {diff}{at}){why}")
+        print(_claim_line(c, {True: "holds", False: "does not hold"}))
+    for c in report.get("comparisons", []):
+        print("ad hoc " + _claim_line(c, {True: "differs", False: "within the noise"}))
     print(f"wrote {args.out}")
     return 0
+
+
+def _claim_line(c: dict, verdicts: dict) -> str:
+    """One line of `bench claims` output: verdict, difference, matched precision, interval, why."""
+    verdict = verdicts.get(c["holds"], "undecided")
+    diff = f"{c['difference']:+.3f}" if c.get("difference") is not None else "-"
+    at = (
+        f", {c['matched_by']} at precision {c['matched_precision']:.3f}"
+        if c.get("matched_by")
+        else ""
+    )
+    ci = ""
+    if c["rule"].startswith("ci") and c.get("ci95"):
+        ci = f", 95% interval [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
+    why = "; " + c["why"] if c.get("why") else ""
+    return f"{c['id']}: {verdict} (a - b = {diff}{at}{ci}){why}"
 
 
 def run_nfe(args: argparse.Namespace) -> int:
