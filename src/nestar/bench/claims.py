@@ -14,7 +14,9 @@ back to Pareto dominance (`dominance`), which needs no interpolation and no mono
 
 Ad-hoc comparisons (`comparison`, `bench claims --compare A,B,METRIC[,matched]`) use the same
 statistics with the two-sided 'ci' rule, and are reported apart from the claims: they were not
-fixed before the results were seen.
+fixed before the results were seen. Their matched read is `frontier_at_precision` (each seed's best
+value at or above the highest precision every seed reaches), which stays sound on sweeps whose
+precision is not monotone in guidance; the claims keep the interpolated read they were fixed with.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Claim:
     """`rule`: 'le' (a's mean no worse, i.e. <=, than b's), 'gt2se' (a above b by > 2 standard errors),
     'gt2se_matched' (the same, with the metric read at one precision shared by both arms from each
     seed's guidance sweep: `matched_at_precision`), 'ci' (report the difference a - b with its 95%
-    interval, whichever way it goes) or 'ci_matched' ('ci' at matched precision)."""
+    interval, whichever way it goes) or 'ci_matched' ('ci' on `frontier_at_precision`)."""
 
     id: str
     text: str
@@ -234,6 +236,30 @@ def dominance(summary: dict, names: tuple[str, str], metric: str, gap: str = "")
     }
 
 
+def frontier_at_precision(summary: dict, names: tuple[str, str], metric: str) -> dict:
+    """Per arm and seed, the best `metric` among its sweep points with precision >= p*, where p* is
+    the highest precision every swept seed of both arms reaches (the read of ad-hoc `matched`).
+
+    A step read of each seed's precision/recall frontier: no interpolation, so a curve whose
+    precision is not monotone in guidance (over-guided points lose precision) is never read between
+    an over- and an under-guided point, as `matched_at_precision` would."""
+    sweeps = {n: (summary.get(n) or {}).get("sweeps") for n in names}
+    missing = [n for n, sw in sweeps.items() if not sw]
+    if missing:
+        return {
+            "why": f"no guidance sweep for {', '.join(missing)} (bench quality --guidance-sweep)"
+        }
+    partial = [n for n, sw in sweeps.items() if any(len(s) < 2 for s in sw)]
+    if partial:
+        return {"why": f"guidance sweep incomplete (one point) for {', '.join(partial)}"}
+    p_star = min(max(p["precision"] for p in s) for sw in sweeps.values() for s in sw)
+    out: dict = {"precision": p_star, "method": "frontier"}
+    for n in names:
+        best = [max(p[metric] for p in s if p["precision"] >= p_star) for s in sweeps[n]]
+        out[n] = _sweep_arm(summary, n, best)
+    return out
+
+
 def _sweep_seeds(e: dict) -> list:
     """The training seed of each sweep (quality.json before `sweep_seeds`: the seeds in order)."""
     return e.get("sweep_seeds") or e["seeds"]
@@ -265,10 +291,8 @@ def evaluate_claim(claim: Claim, summary: dict) -> dict:
     a, b = _arm(summary, claim.a, claim.metric), _arm(summary, claim.b, claim.metric)
     matched = None
     if claim.rule in ("gt2se_matched", "ci_matched"):
-        matched = matched_at_precision(summary, (claim.a, claim.b), claim.metric)
-        if claim.rule == "ci_matched" and matched.get("method") == "dominance":
-            # dominance favours b by construction: a one-sided test, no two-sided interval
-            matched = {"why": "no precision common to every swept seed of both arms"}
+        read = matched_at_precision if claim.rule == "gt2se_matched" else frontier_at_precision
+        matched = read(summary, (claim.a, claim.b), claim.metric)
         a, b = matched.get(claim.a), matched.get(claim.b)
     out = {
         "id": claim.id,
@@ -391,6 +415,7 @@ __all__ = [
     "dominance",
     "evaluate_claim",
     "evaluate_files",
+    "frontier_at_precision",
     "matched_at_precision",
     "sampling_std",
 ]
