@@ -118,7 +118,8 @@ claims() {  # quality.json rebuilt from every cached headline entry first (arms 
         [[ -d docs/results/curve13/$steps/entries ]] || continue  # that point not started yet
         curve_point "$steps" --cached-only
         "${NESTAR[@]}" bench claims "docs/results/curve13/$steps/quality.json" \
-            --only fid_nestar_vs_raster,seam_nestar_vs_raster --out "docs/results/claims-$steps.json"
+            --only fid_nestar_vs_raster,seam_nestar_vs_raster --compare nestar,raster,recall,matched \
+            --compare nestar,raster,recall --out "docs/results/claims-$steps.json"
     done
     python3 benchmarks/learning_curve.py docs/results/q13/quality.json docs/results/curve13/*/quality.json \
         --arms nestar,raster --out docs/results/curve13/curve  # stdlib only
