@@ -31,7 +31,7 @@ from nestar.errors import ConfigError
 
 MIN_N, MIN_SEEDS = 5000, 3
 RULES = ("le", "gt2se", "gt2se_matched", "ci", "ci_matched")
-# Metrics where higher is better: the only ones a matched-precision read may use (`dominance`).
+# Metrics where higher is better: the only ones an ad-hoc matched read may use (the frontier takes the max).
 MATCHED_METRICS = ("recall",)
 # Std of a metric between sample draws of ONE trained model at N = 5,000 (benchmarks/sampling_noise.py,
 # docs/results/noise13/noise.json: the shipped nestar-fmnist, 8 draws: 0.052, 0.0060, 0.0187).
@@ -336,8 +336,8 @@ def evaluate_claim(claim: Claim, summary: dict) -> dict:
 
 
 def comparison(spec: str) -> Claim:
-    """An ad-hoc comparison from 'A,B,METRIC' or 'A,B,METRIC,matched' (METRIC read at matched
-    precision from the guidance sweeps): a - b with its 95% interval, the 'ci' rule."""
+    """An ad-hoc comparison from 'A,B,METRIC' or 'A,B,METRIC,matched' (METRIC read on each seed's
+    frontier, `frontier_at_precision`): a - b with its 95% interval, the 'ci' / 'ci_matched' rule."""
     parts = [p.strip() for p in spec.split(",")]
     matched = len(parts) == 4 and parts[3] == "matched"
     if len(parts) not in (3, 4) or not all(parts) or (len(parts) == 4 and not matched):

@@ -264,9 +264,9 @@ def _add_claims(bsub) -> None:
         default=[],
         metavar="A,B,METRIC[,matched]",
         help="also compare two arms on a metric with the same statistics (difference, standard "
-        "error with the sampling floor, 95%% interval), e.g. nestar,raster,recall,matched for recall "
-        "at matched precision over the guidance sweeps; reported apart from the claims as ad hoc "
-        "(repeatable)",
+        "error with the sampling floor, 95%% interval), e.g. nestar,raster,recall,matched for each "
+        "seed's best recall at or above the highest precision every swept seed reaches; reported "
+        "apart from the claims as ad hoc (repeatable)",
     )
     c.set_defaults(func=run_claims)
 
