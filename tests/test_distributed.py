@@ -218,7 +218,7 @@ def test_fsdp_bf16_mixed_precision_matches_ddp_autocast(fmnist_full, tmp_path):
 
 # ----- distributed sampling ---------------------------------------------------------------------------
 SAMPLE_WORKER = """
-import json, sys
+import json, os, sys
 import torch
 from safetensors.torch import save_file
 from nestar.pipeline import Pipeline
@@ -232,7 +232,12 @@ if env.rank == 0:
     save_file({"images": out.contiguous()}, sys.argv[3])
 else:
     assert out is None
-shutdown_distributed()
+# as `nestar train` ends: all ranks leave together, then skip the interpreter's gloo teardown, which
+# aborted rank 1 now and then ('terminate called without an active exception') after rank 1 had
+# destroyed its group alone while rank 0 was still writing
+shutdown_distributed(sync=True)
+sys.stdout.flush()
+os._exit(0)
 """
 
 
