@@ -218,11 +218,11 @@ def test_fsdp_bf16_mixed_precision_matches_ddp_autocast(fmnist_full, tmp_path):
 
 # ----- distributed sampling ---------------------------------------------------------------------------
 SAMPLE_WORKER = """
-import json, os, sys
+import json, sys
 import torch
 from safetensors.torch import save_file
 from nestar.pipeline import Pipeline
-from nestar.training.distributed import distributed_sample, init_distributed, shutdown_distributed
+from nestar.training.distributed import distributed_sample, exit_without_teardown, init_distributed, shutdown_distributed
 
 env = init_distributed("cpu")
 pipe = Pipeline.from_pretrained(sys.argv[1])
@@ -232,12 +232,10 @@ if env.rank == 0:
     save_file({"images": out.contiguous()}, sys.argv[3])
 else:
     assert out is None
-# as `nestar train` ends: all ranks leave together, then skip the interpreter's gloo teardown, which
-# aborted rank 1 now and then ('terminate called without an active exception') after rank 1 had
-# destroyed its group alone while rank 0 was still writing
+# as `nestar train` ends: all ranks leave together, then skip the interpreter's gloo teardown (rank 1
+# aborted now and then, 'terminate called without an active exception', when it left alone)
 shutdown_distributed(sync=True)
-sys.stdout.flush()
-os._exit(0)
+exit_without_teardown(0)
 """
 
 

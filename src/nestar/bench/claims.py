@@ -174,18 +174,13 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float:
     raise ValueError(f"{x} outside [{pts[0][0]}, {pts[-1][0]}]")
 
 
-def matched_at_precision(summary: dict, names: tuple[str, str], metric: str) -> dict:
-    """Per arm and seed, `metric` read at one precision p* from that seed's guidance sweep.
-
-    p* is the middle of the precision range every swept seed of both arms covers, so no value is
-    extrapolated. Returns {'precision': p*, name: arm dict} or {'why': ...} when it cannot be read."""
+def _complete_sweeps(summary: dict, names: tuple[str, str]) -> tuple[dict, Optional[str]]:
+    """({arm: its per-seed sweeps}, None), or ({}, why) when an arm has no sweep or a seed's sweep has
+    one point (its own scale: the others not scored yet), which is no curve to read."""
     sweeps = {n: (summary.get(n) or {}).get("sweeps") for n in names}
     missing = [n for n, sw in sweeps.items() if not sw]
     if missing:
-        return {
-            "why": f"no guidance sweep for {', '.join(missing)} (bench quality --guidance-sweep)"
-        }
-    # A seed whose sweep has one point (its own scale: the others not scored yet) has no curve.
+        return {}, f"no guidance sweep for {', '.join(missing)} (bench quality --guidance-sweep)"
     partial = [
         f"{n} seed {seed}"
         for n, sw in sweeps.items()
@@ -193,7 +188,18 @@ def matched_at_precision(summary: dict, names: tuple[str, str], metric: str) -> 
         if len(s) < 2
     ]
     if partial:
-        return {"why": f"guidance sweep incomplete (one point) for {', '.join(partial)}"}
+        return {}, f"guidance sweep incomplete (one point) for {', '.join(partial)}"
+    return sweeps, None
+
+
+def matched_at_precision(summary: dict, names: tuple[str, str], metric: str) -> dict:
+    """Per arm and seed, `metric` read at one precision p* from that seed's guidance sweep.
+
+    p* is the middle of the precision range every swept seed of both arms covers, so no value is
+    extrapolated. Returns {'precision': p*, name: arm dict} or {'why': ...} when it cannot be read."""
+    sweeps, why = _complete_sweeps(summary, names)
+    if why:
+        return {"why": why}
     curves = {
         n: [([p["precision"] for p in s], [p[metric] for p in s]) for s in sw]
         for n, sw in sweeps.items()
@@ -243,15 +249,9 @@ def frontier_at_precision(summary: dict, names: tuple[str, str], metric: str) ->
     A step read of each seed's precision/recall frontier: no interpolation, so a curve whose
     precision is not monotone in guidance (over-guided points lose precision) is never read between
     an over- and an under-guided point, as `matched_at_precision` would."""
-    sweeps = {n: (summary.get(n) or {}).get("sweeps") for n in names}
-    missing = [n for n, sw in sweeps.items() if not sw]
-    if missing:
-        return {
-            "why": f"no guidance sweep for {', '.join(missing)} (bench quality --guidance-sweep)"
-        }
-    partial = [n for n, sw in sweeps.items() if any(len(s) < 2 for s in sw)]
-    if partial:
-        return {"why": f"guidance sweep incomplete (one point) for {', '.join(partial)}"}
+    sweeps, why = _complete_sweeps(summary, names)
+    if why:
+        return {"why": why}
     p_star = min(max(p["precision"] for p in s) for sw in sweeps.values() for s in sw)
     out: dict = {"precision": p_star, "method": "frontier"}
     for n in names:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
@@ -338,14 +337,11 @@ def export_npz(images, labels, path: str | Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Errors in the inputs (bad image files, missing extractor file) end with a message, exit 2."""
+    from nestar.training.distributed import exit_without_teardown, launched_by_torchrun
+
     rc = _run_reporting(args)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # As `nestar train` ends under torchrun: the group is gone and every file is written; a worker
-        # could still abort in the interpreter's gloo teardown ('terminate called without an active
-        # exception'), which torchrun reports as a failed job. Leave without that teardown.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(rc)
+    if launched_by_torchrun():  # the group is gone and every file written: leave as `nestar train`
+        exit_without_teardown(rc)
     return rc
 
 

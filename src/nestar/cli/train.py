@@ -46,14 +46,12 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import gc
-    import os
-    import sys
     from pathlib import Path
 
     from nestar.cli.common import load_config, print_run_config_keys
     from nestar.config import ConfigError
     from nestar.training import Trainer
-    from nestar.training.distributed import shutdown_distributed
+    from nestar.training.distributed import exit_without_teardown, shutdown_distributed
 
     cfg = load_config(args)
     if args.keys:
@@ -85,13 +83,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutdown_distributed()  # after an error: no barrier, the peers may never arrive
     if distributed:
-        # Everything is written (checkpoint and files atomically, the log closed by fit) and the group
-        # is gone; a torchrun worker still aborted now and then in the interpreter's teardown of gloo
-        # ('terminate called without an active exception', about 1 run in 40 on 2 busy cores), which
-        # torchrun reports as a failed job. Leave without that teardown.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        # everything is written (checkpoint and files atomically, the log closed by fit), group gone
+        exit_without_teardown(0)
     return 0
 
 
