@@ -21,7 +21,8 @@
 #             800-step point is the headline
 #   noise     sampling noise at N = 5,000: the shipped nestar-fmnist sampled with 8 seeds
 #             (docs/results/noise13; the source of SAMPLING_STD in nestar/bench/claims.py)
-#   latent    the headline arms on 8x8x4 latents of the project's own KL VAE (trained first)
+#   latent    the headline arms on 8x8x4 latents of the project's own KL VAE (trained first,
+#             3,000 steps; the committed entries used RUNS=/work/runs13)
 #   claims    docs/results/q13/quality.json rebuilt from the cache (whatever has finished), then
 #             docs/results/claims.json from it; the same for each learning-curve point
 #             (curve13/STEPS/quality.json -> claims-STEPS.json: the NestAR vs raster AR claims)
@@ -101,10 +102,12 @@ noise() {
     python3 benchmarks/sampling_noise.py "$out"/seed*.json --out "$out/noise.json"  # stdlib only
 }
 latent() {
-    local vae="$RUNS/vae-fmnist"
-    [[ -f $vae/config.json ]] || "${NESTAR[@]}" train-tokenizer --data.name=fashion_mnist --out "$vae"
-    "${Q[@]}" --suite models --only nestar,raster,nextscale --num-eval 5000 --out docs/results/latent13 \
-        --runs-dir "$RUNS/latent13" --tokenizer.name=kl --tokenizer.path="$vae" --train.ckpt_every=100
+    # the entries' cache keys hold the VAE's path: keep it to reuse the committed entries
+    local vae="$RUNS/vae-fmnist-3000"
+    [[ -f $vae/config.json ]] || "${NESTAR[@]}" train-tokenizer --data.name=fashion_mnist --steps 3000 --out "$vae"
+    "${Q[@]}" --suite models --only nestar,raster,nextscale --train-seeds "$SEEDS" --num-eval 5000 \
+        --out docs/results/latent13 --runs-dir "$RUNS/latent13" --tokenizer.name=kl --tokenizer.path="$vae" \
+        --train.ckpt_every=100
 }
 claims() {  # quality.json rebuilt from every cached headline entry first (arms may run one by one)
     local sweep=()
