@@ -25,7 +25,8 @@
 #             3,000 steps; the committed entries used RUNS=/work/runs13)
 #   claims    docs/results/q13/quality.json rebuilt from the cache (whatever has finished), then
 #             docs/results/claims.json from it; the same for each learning-curve point
-#             (curve13/STEPS/quality.json -> claims-STEPS.json: the NestAR vs raster AR claims)
+#             (curve13/STEPS/quality.json -> claims-STEPS.json: the NestAR vs raster AR claims) and
+#             the latent track (latent13/quality.json -> claims-latent.json)
 # Environment: RUNS (run directories, default runs/issue13), NESTAR (the command, default
 # `python -m nestar.cli.main` from this checkout), SEEDS (default 0,1,2), SWEEP (guidance scales of
 # the headline's sweep, default 1,1.5,2,3; SWEEP= skips it, e.g. to rebuild quality.json from the
@@ -101,13 +102,16 @@ noise() {
     done
     python3 benchmarks/sampling_noise.py "$out"/seed*.json --out "$out/noise.json"  # stdlib only
 }
-latent() {
+latent_arms() {  # extra arguments go to bench quality (claims passes --cached-only)
     # the entries' cache keys hold the VAE's path: keep it to reuse the committed entries
-    local vae="$RUNS/vae-fmnist-3000"
-    [[ -f $vae/config.json ]] || "${NESTAR[@]}" train-tokenizer --data.name=fashion_mnist --steps 3000 --out "$vae"
     "${Q[@]}" --suite models --only nestar,raster,nextscale --train-seeds "$SEEDS" --num-eval 5000 \
-        --out docs/results/latent13 --runs-dir "$RUNS/latent13" --tokenizer.name=kl --tokenizer.path="$vae" \
-        --train.ckpt_every=100
+        --out docs/results/latent13 --runs-dir "$RUNS/latent13" --tokenizer.name=kl \
+        --tokenizer.path="$RUNS/vae-fmnist-3000" --train.ckpt_every=100 "$@"
+}
+latent() {
+    [[ -f $RUNS/vae-fmnist-3000/config.json ]] ||
+        "${NESTAR[@]}" train-tokenizer --data.name=fashion_mnist --steps 3000 --out "$RUNS/vae-fmnist-3000"
+    latent_arms
 }
 claims() {  # quality.json rebuilt from every cached headline entry first (arms may run one by one)
     local sweep=()
@@ -124,6 +128,12 @@ claims() {  # quality.json rebuilt from every cached headline entry first (arms 
             --only fid_nestar_vs_raster,seam_nestar_vs_raster --compare nestar,raster,recall,matched \
             --compare nestar,raster,recall --out "docs/results/claims-$steps.json"
     done
+    if [[ -d docs/results/latent13/entries ]]; then
+        latent_arms --cached-only
+        "${NESTAR[@]}" bench claims docs/results/latent13/quality.json --only fid_nestar_vs_raster \
+            --compare nestar,raster,recall --compare nestar,raster,precision \
+            --compare nestar,raster,class_agreement --out docs/results/claims-latent.json
+    fi
     python3 benchmarks/learning_curve.py docs/results/q13/quality.json docs/results/curve13/*/quality.json \
         --arms nestar,raster --out docs/results/curve13/curve  # stdlib only
 }
