@@ -22,7 +22,8 @@
 #   noise     sampling noise at N = 5,000: the shipped nestar-fmnist sampled with 8 seeds
 #             (docs/results/noise13; the source of SAMPLING_STD in nestar/bench/claims.py)
 #   latent    the headline arms on 8x8x4 latents of the project's own KL VAE (trained first,
-#             3,000 steps; the committed entries used RUNS=/work/runs13)
+#             3,000 steps; the committed entries used RUNS=/work/runs13), seeds 0-2, N = 5,000,
+#             the same guidance sweep
 #   claims    docs/results/q13/quality.json rebuilt from the cache (whatever has finished), then
 #             docs/results/claims.json from it; the same for each learning-curve point
 #             (curve13/STEPS/quality.json -> claims-STEPS.json: the NestAR vs raster AR claims) and
@@ -104,8 +105,10 @@ noise() {
 }
 latent_arms() {  # extra arguments go to bench quality (claims passes --cached-only)
     # the entries' cache keys hold the VAE's path: keep it to reuse the committed entries
+    local sweep=()
+    [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
     "${Q[@]}" --suite models --only nestar,raster,nextscale --train-seeds "$SEEDS" --num-eval 5000 \
-        --out docs/results/latent13 --runs-dir "$RUNS/latent13" --tokenizer.name=kl \
+        "${sweep[@]}" --out docs/results/latent13 --runs-dir "$RUNS/latent13" --tokenizer.name=kl \
         --tokenizer.path="$RUNS/vae-fmnist-3000" --train.ckpt_every=100 "$@"
 }
 latent() {
@@ -130,7 +133,8 @@ claims() {  # quality.json rebuilt from every cached headline entry first (arms 
     done
     if [[ -d docs/results/latent13/entries ]]; then
         latent_arms --cached-only
-        "${NESTAR[@]}" bench claims docs/results/latent13/quality.json --only fid_nestar_vs_raster \
+        "${NESTAR[@]}" bench claims docs/results/latent13/quality.json \
+            --only fid_nestar_vs_raster,recall_nestar_vs_nextscale --compare nestar,raster,recall,matched \
             --compare nestar,raster,recall --compare nestar,raster,precision \
             --compare nestar,raster,class_agreement --out docs/results/claims-latent.json
     fi

@@ -52,8 +52,9 @@ def test_a_seed_spread_below_the_sampling_noise_is_not_taken_at_face_value():
 def test_too_few_seeds_or_samples_leave_the_claim_undecided(tmp_path, capsys):
     rows = _rows("nestar", [5.0, 5.2], [0.5, 0.5]) + _rows("raster", [6.0, 6.1, 6.2], [0.5] * 3, n=500)
     p = tmp_path / "quality.json"
-    p.write_text(json.dumps({"summary": summarize(rows)}))
+    p.write_text(json.dumps({"summary": summarize(rows), "overrides": ["--tokenizer.name=kl"]}))
     report = evaluate_files([p])
+    assert report["overrides"] == {str(p): ["--tokenizer.name=kl"]}  # the track each source ran on
     fid = next(c for c in report["claims"] if c["id"] == "fid_nestar_vs_raster")
     assert fid["holds"] is None and "nestar" in fid["why"] and "raster" in fid["why"]
     mar = next(c for c in report["claims"] if c["id"] == "fid_nestar_vs_mar")

@@ -80,7 +80,7 @@ class Claim:
 CLAIMS = (
     Claim(
         "fid_nestar_vs_raster",
-        "pixel tokens, equal budget: NestAR's mean FID no worse than raster AR's",
+        "equal budget: NestAR's mean FID no worse than raster AR's",
         "nestar",
         "raster",
         "fid",
@@ -386,8 +386,10 @@ def evaluate_files(
     if unknown:
         raise ConfigError(f"unknown claim id(s) {', '.join(unknown)}; known: {', '.join(known)}")
     summary: dict = {}
+    overrides: dict = {}
     for p in paths:
         data = json.loads(Path(p).read_text())
+        overrides[str(p)] = data.get("overrides", [])
         if "summary" not in data:
             raise ConfigError(
                 f"{p}: no 'summary' (written by `nestar bench quality` since --train-seeds); re-run "
@@ -397,6 +399,8 @@ def evaluate_files(
     _check_names(list(compare), summary)
     report = {
         "sources": [str(p) for p in paths],
+        # the track (pixel tokens, or --tokenizer.name=kl latents) and budget each source ran with
+        "overrides": overrides,
         "min_N": MIN_N,
         "min_seeds": MIN_SEEDS,
         "claims": [evaluate_claim(c, summary) for c in CLAIMS if not only or c.id in only],
