@@ -17,8 +17,8 @@
 #   screen    the NestAR options at the demo size against the defaults of round 3 (lattice
 #             offset 0, pinned here), one seed, N = 1,000: a first look only (screen13/round3/; the
 #             folders beside it hold earlier rounds that ran against older defaults)
-#   curve     nestar and raster AR at 1,600 and 3,200 steps (seeds $SEEDS, N = 5,000); the
-#             800-step point is the headline
+#   curve     nestar and raster AR at 1,600 and 3,200 steps (seeds $SEEDS, N = 5,000, the same
+#             guidance sweep); the 800-step point is the headline
 #   noise     sampling noise at N = 5,000: the shipped nestar-fmnist sampled with 8 seeds
 #             (docs/results/noise13; the source of SAMPLING_STD in nestar/bench/claims.py)
 #   latent    the headline arms on 8x8x4 latents of the project's own KL VAE (trained first,
@@ -84,10 +84,11 @@ screen() {  # round 3 changed one setting each of the defaults of its time: offs
     "${Q[@]}" --suite models --only nestar --num-eval 1000 --out docs/results/screen13/round3/nestar \
         --runs-dir "$RUNS/screen13" "${SCREEN_SIZE[@]}" --model.order_offset=0
 }
-curve_point() {  # STEPS [--cached-only]: one point of the learning curve
-    local steps=$1
+curve_point() {  # STEPS [--cached-only]: one point of the learning curve, with the guidance sweep
+    local steps=$1 sweep=()
     shift
-    "${Q[@]}" --suite models --only nestar,raster --train-seeds "$SEEDS" --num-eval 5000 \
+    [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
+    "${Q[@]}" --suite models --only nestar,raster --train-seeds "$SEEDS" --num-eval 5000 "${sweep[@]}" \
         --out "docs/results/curve13/$steps" --runs-dir "$RUNS/curve13-$steps" \
         --train.steps="$steps" --train.ckpt_every=200 "$@"
 }
@@ -134,7 +135,8 @@ claims() {  # quality.json rebuilt from every cached headline entry first (arms 
     if [[ -d docs/results/latent13/entries ]]; then
         latent_arms --cached-only
         "${NESTAR[@]}" bench claims docs/results/latent13/quality.json \
-            --only fid_nestar_vs_raster,recall_nestar_vs_nextscale --compare nestar,raster,recall,matched \
+            --only fid_nestar_vs_raster,recall_nestar_vs_nextscale --compare nestar,nextscale,recall,matched \
+            --compare nestar,raster,recall,matched \
             --compare nestar,raster,recall --compare nestar,raster,precision \
             --compare nestar,raster,class_agreement --out docs/results/claims-latent.json
     fi
