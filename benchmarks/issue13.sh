@@ -30,7 +30,7 @@
 #             the latent track (latent13/quality.json -> claims-latent.json)
 # Environment: RUNS (run directories, default runs/issue13), NESTAR (the command, default
 # `python -m nestar.cli.main` from this checkout), SEEDS (default 0,1,2), SWEEP (guidance scales of
-# the headline's sweep, default 1,1.5,2,3; SWEEP= skips it, e.g. to rebuild quality.json from the
+# every stage's sweep, default 1,1.5,2,3; SWEEP= skips it, e.g. to rebuild quality.json from the
 # cache after running the arms one at a time). A sweep point not yet cached samples the trained model
 # of its entry: the run directory the entry recorded, else $RUNS/q13/<entry>; it stops with a clear
 # error where neither holds it (the models are not committed, only their scores).
@@ -43,21 +43,19 @@ SWEEP=${SWEEP-1,1.5,2,3}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # shared machines: no spinning threads
 read -r -a NESTAR <<<"${NESTAR:-python -m nestar.cli.main}"
 Q=("${NESTAR[@]}" bench quality --quiet)
+SWEEP_ARGS=()  # every stage that scores 3 seeds sweeps guidance the same way
+[[ -z $SWEEP ]] || SWEEP_ARGS=(--guidance-sweep "$SWEEP")
 SCREEN_SIZE=(--model.dim=128 --model.z_dim=128 --model.head.width=128 --model.head.batch_mul=1
     --train.steps=1200 --train.batch_size=32 --train.precision=fp32 --train.ckpt_every=300
     --train.sample_every=0)
 
 headline() {
-    local sweep=()
-    [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
     "${Q[@]}" --suite models --only nestar,raster,nextscale --train-seeds "$SEEDS" --num-eval 5000 \
-        "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
+        "${SWEEP_ARGS[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
 }
 offset() {  # the offset-0 reference (claims fid_lattice_offset, recall_offset0_vs_nextscale)
-    local sweep=()
-    [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
     "${Q[@]}" --suite ablations --only nestar-offset0 --train-seeds "$SEEDS" --num-eval 5000 \
-        "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
+        "${SWEEP_ARGS[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" --train.ckpt_every=100
     "${Q[@]}" --suite ablations --only nestar-moduleloss --num-eval 5000 --out docs/results/q13 \
         --runs-dir "$RUNS/q13" --train.ckpt_every=100
 }
@@ -85,10 +83,9 @@ screen() {  # round 3 changed one setting each of the defaults of its time: offs
         --runs-dir "$RUNS/screen13" "${SCREEN_SIZE[@]}" --model.order_offset=0
 }
 curve_point() {  # STEPS [--cached-only]: one point of the learning curve, with the guidance sweep
-    local steps=$1 sweep=()
+    local steps=$1
     shift
-    [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
-    "${Q[@]}" --suite models --only nestar,raster --train-seeds "$SEEDS" --num-eval 5000 "${sweep[@]}" \
+    "${Q[@]}" --suite models --only nestar,raster --train-seeds "$SEEDS" --num-eval 5000 "${SWEEP_ARGS[@]}" \
         --out "docs/results/curve13/$steps" --runs-dir "$RUNS/curve13-$steps" \
         --train.steps="$steps" --train.ckpt_every=200 "$@"
 }
@@ -106,10 +103,8 @@ noise() {
 }
 latent_arms() {  # extra arguments go to bench quality (claims passes --cached-only)
     # the entries' cache keys hold the VAE's path: keep it to reuse the committed entries
-    local sweep=()
-    [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
     "${Q[@]}" --suite models --only nestar,raster,nextscale --train-seeds "$SEEDS" --num-eval 5000 \
-        "${sweep[@]}" --out docs/results/latent13 --runs-dir "$RUNS/latent13" --tokenizer.name=kl \
+        "${SWEEP_ARGS[@]}" --out docs/results/latent13 --runs-dir "$RUNS/latent13" --tokenizer.name=kl \
         --tokenizer.path="$RUNS/vae-fmnist-3000" --train.ckpt_every=100 "$@"
 }
 latent() {
@@ -118,10 +113,8 @@ latent() {
     latent_arms
 }
 claims() {  # quality.json rebuilt from every cached headline entry first (arms may run one by one)
-    local sweep=()
-    [[ -z $SWEEP ]] || sweep=(--guidance-sweep "$SWEEP")
     "${Q[@]}" --suite models,ablations --only nestar,raster,nextscale,nestar-offset0,nestar-moduleloss,nestar-first-small,nestar-offset0-first-small \
-        --train-seeds "$SEEDS" --num-eval 5000 "${sweep[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" \
+        --train-seeds "$SEEDS" --num-eval 5000 "${SWEEP_ARGS[@]}" --out docs/results/q13 --runs-dir "$RUNS/q13" \
         --train.ckpt_every=100 --cached-only
     "${NESTAR[@]}" bench claims docs/results/q13/quality.json --out docs/results/claims.json
     local steps
